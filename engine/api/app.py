@@ -1,0 +1,38 @@
+"""The FastAPI application: routers, auth, and errors that say what to do."""
+
+from __future__ import annotations
+
+from fastapi import Depends, FastAPI, Request, status
+from fastapi.responses import JSONResponse
+
+from engine import __version__
+from engine.api import health, images, imports
+from engine.api.auth import require_token
+from engine.data.images import ImageProblem
+from engine.data.sources import SourceError
+from engine.settings import Settings, ensure_api_token
+from engine.store import Store
+
+
+def create_app(settings: Settings, store: Store) -> FastAPI:
+    app = FastAPI(title="DerMAE Studio engine", version=__version__,
+                  description="The engine's HTTP API. Every endpoint but /health needs the workspace API token.")
+    app.state.settings = settings
+    app.state.store = store
+    app.state.api_token = ensure_api_token(settings)
+
+    app.include_router(health.router)
+    protected = [Depends(require_token)]
+    app.include_router(imports.router, dependencies=protected)
+    app.include_router(images.router, dependencies=protected)
+
+    @app.exception_handler(SourceError)
+    def _source_error(_: Request, e: SourceError) -> JSONResponse:
+        return JSONResponse({"detail": e.summary, "problems": e.problems},
+                            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(ImageProblem)
+    def _image_problem(_: Request, e: ImageProblem) -> JSONResponse:
+        return JSONResponse({"detail": str(e), "problems": []}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    return app

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from fastapi.responses import FileResponse
+
+from engine.data.images import ImageStore
+from engine.schemas import ImageInfo, ImagePage, Stats
+
+router = APIRouter(tags=["images"])
+
+ImageId = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="Image id (64 hex digits).")]
+_LABEL = r"^(akiec|bcc|bkl|df|mel|nv|vasc)$"
+
+
+def _info(row: dict) -> ImageInfo:
+    return ImageInfo(**{**row, "metadata": json.loads(row["metadata"] or "{}")})
+
+
+@router.get("/stats", response_model=Stats)
+def stats(request: Request) -> Stats:
+    """Counts per source × split (real) or review status (synthetic) × class."""
+    images = request.app.state.store.images
+    return Stats(**images.stats(), phantom=images.has_phantom())
+
+
+@router.get("/images", response_model=ImagePage)
+def list_images(
+    request: Request,
+    source: Annotated[str | None, Query(pattern=r"^(real|synthetic)$")] = None,
+    split: Annotated[str | None, Query(pattern=r"^(train|val|test)$")] = None,
+    label: Annotated[str | None, Query(pattern=_LABEL)] = None,
+    batch: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ImagePage:
+    total, rows = request.app.state.store.images.list(source=source, split=split, label=label, batch=batch,
+                                                      limit=limit, offset=offset)
+    return ImagePage(total=total, offset=offset, items=[_info(r) for r in rows])
+
+
+def _row(request: Request, image_id: str) -> dict:
+    row = request.app.state.store.images.get(image_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no image {image_id}")
+    return row
+
+
+@router.get("/images/{image_id}", response_model=ImageInfo)
+def get_image(request: Request, image_id: ImageId) -> ImageInfo:
+    return _info(_row(request, image_id))
+
+
+@router.get("/images/{image_id}/file", response_class=FileResponse)
+def image_file(request: Request, image_id: ImageId) -> FileResponse:
+    """The original bytes, exactly as imported."""
+    path = ImageStore(request.app.state.settings.images_dir).absolute(_row(request, image_id)["path"])
+    return FileResponse(path)
+
+
+@router.get("/images/{image_id}/thumb", response_class=FileResponse)
+def image_thumb(request: Request, image_id: ImageId) -> FileResponse:
+    """The thumbnail made at import (cacheable: content-addressed, never changes)."""
+    path = ImageStore(request.app.state.settings.thumbs_dir).absolute(_row(request, image_id)["thumb_path"])
+    return FileResponse(path, headers={"Cache-Control": "private, max-age=31536000, immutable"})

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Request, status
+
+from engine.data.images import ImageStore
+from engine.data.ingest import ingest
+from engine.data.labels import CLASSES, SPLITS
+from engine.data.phantom import phantom_records
+from engine.data.sources import SourceRecord, read_folder, read_ham10000, read_isic, read_medmnist
+from engine.schemas import ImportBatch, ImportFormat, ImportRequest, ImportResult, Problem
+
+router = APIRouter(prefix="/imports", tags=["imports"])
+_import_lock = threading.Lock()  # one import at a time: each batch's file clean-up must not race another's
+
+_READERS = {
+    ImportFormat.ham10000: read_ham10000,
+    ImportFormat.isic: read_isic,
+    ImportFormat.medmnist: read_medmnist,
+    ImportFormat.folder: read_folder,
+}
+
+
+def _records(req: ImportRequest) -> tuple[str, list[SourceRecord]]:
+    if req.format == ImportFormat.phantom:
+        return f"phantom(n={req.phantom_size})", phantom_records(req.phantom_size)
+    path = Path(req.path or "").expanduser()
+    if not path.exists():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{path} does not exist on the server's machine")
+    return str(path.resolve()), _READERS[req.format](path)
+
+
+@router.post("", response_model=ImportResult, responses={422: {"model": Problem}, 404: {"model": Problem},
+                                                          409: {"model": Problem}})
+def create_import(req: ImportRequest, request: Request) -> ImportResult:
+    """Import a dataset from a path on the server's machine, as one transaction: all of it or nothing."""
+    if not _import_lock.acquire(blocking=False):
+        raise HTTPException(status.HTTP_409_CONFLICT, "another import is running; try again when it ends")
+    try:
+        store, settings = request.app.state.store, request.app.state.settings
+        source, records = _records(req)
+        batch_id = f"imp-{uuid.uuid4().hex[:12]}"
+        phantom = req.format == ImportFormat.phantom
+        result = ingest(
+            records, batch_id=batch_id, images=ImageStore(settings.images_dir),
+            thumbs=ImageStore(settings.thumbs_dir), existing_counts=store.images.existing_counts,
+            split_seed=req.split_seed,
+            commit=lambda rows: store.images.add_batch(batch_id=batch_id, format=req.format.value,
+                                                       source=source, n_records=len(records), rows=rows,
+                                                       phantom=phantom),
+        )
+    finally:
+        _import_lock.release()
+    counts = Counter((r["split"], r["label"]) for r in result.rows)
+    added = {s: {c: counts[(s, c)] for c in CLASSES} for s in SPLITS}
+    return ImportResult(batch_id=batch_id, format=req.format, source=source, n_records=result.n_records,
+                        n_added=len(result.rows), phantom=phantom, added=added)
+
+
+@router.get("", response_model=list[ImportBatch])
+def list_imports(request: Request) -> list[ImportBatch]:
+    return [ImportBatch(**b) for b in request.app.state.store.images.batches()]

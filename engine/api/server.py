@@ -1,0 +1,53 @@
+"""`dermae serve`: open the store (the only process that does), bind, record where we listen, run uvicorn."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+import uvicorn
+
+from engine.api.app import create_app
+from engine.settings import Settings
+from engine.store import Store
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise SystemExit(f"cannot listen on {host}:{port}: {e.strerror}. Pick another --port (0 = any free).") from None
+    sock.listen(2048)
+    return sock
+
+
+def serve(settings: Settings, host: str, port: int, log_level: str = "info") -> None:
+    """Serve until interrupted. Port 0 picks a free port; the real one is written to server.json."""
+    settings.ensure()
+    store = Store(settings.db_path)  # fails fast, with advice, if another server holds the database
+    sock = _bind(host, port)
+    bound_port = sock.getsockname()[1]
+    url_host = f"[{host}]" if ":" in host else host
+    record = {"url": f"http://{url_host}:{bound_port}", "pid": os.getpid(), "started_at": time.time()}
+    app = create_app(settings, store)
+    tmp = settings.server_record_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, settings.server_record_path)
+    print(f"dermae engine listening on {record['url']} (workspace {settings.workspace})", flush=True)
+    try:
+        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
+        server.run(sockets=[sock])
+    finally:
+        try:  # remove the record only if it is still ours
+            if json.loads(settings.server_record_path.read_text()).get("pid") == os.getpid():
+                settings.server_record_path.unlink()
+        except (OSError, ValueError):
+            pass
+        store.close()
+        sock.close()

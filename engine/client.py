@@ -1,0 +1,114 @@
+"""Typed HTTP client of the engine API, used by the CLI, the studio, the demo and job processes.
+
+    client = Client.from_settings()          # DERMAE_API_URL / DERMAE_API_TOKEN, else the workspace's records
+    client.stats().real["train"]["nv"]
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from engine.schemas import Health, ImageInfo, ImagePage, ImportBatch, ImportFormat, ImportRequest, ImportResult, Stats
+from engine.settings import Settings, api_token, api_url
+
+
+class ApiError(RuntimeError):
+    """A non-2xx answer. `problems` lists per-row/per-file details when the server gave them."""
+
+    def __init__(self, status_code: int, detail: str, problems: list[str] | None = None):
+        self.status_code = status_code
+        self.detail = detail
+        self.problems = problems or []
+        super().__init__(f"{status_code}: {detail}" + "".join(f"\n  - {p}" for p in self.problems[:20]))
+
+
+class ServerNotFound(RuntimeError):
+    pass
+
+
+class Client:
+    def __init__(self, base_url: str, token: str | None, timeout: float = 30.0):
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, timeout: float = 30.0) -> Client:
+        settings = settings or Settings.from_env()
+        url = api_url(settings)
+        if url is None:
+            raise ServerNotFound(
+                f"no engine server found for workspace {settings.workspace}: start one with `dermae serve` "
+                "(or `dermae up`), or set DERMAE_API_URL"
+            )
+        return cls(url, api_token(settings), timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, timeout: float | None = None, **kwargs: Any) -> httpx.Response:
+        extra = {"timeout": timeout} if timeout is not None else {}
+        try:
+            response = self._http.request(method, path, **kwargs, **extra)
+        except httpx.TransportError as e:
+            raise ServerNotFound(f"cannot reach the engine at {self.base_url}: {e}") from None
+        if response.is_error:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"detail": response.text}
+            detail = body.get("detail", response.reason_phrase)
+            if isinstance(detail, list):  # pydantic validation errors
+                detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in detail)
+            raise ApiError(response.status_code, str(detail), body.get("problems"))
+        return response
+
+    # health -----------------------------------------------------------------------------------------------
+    def health(self) -> Health:
+        return Health.model_validate(self._request("GET", "/health").json())
+
+    def wait_until_healthy(self, timeout: float = 30.0) -> Health:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.health()
+            except (ServerNotFound, ApiError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    # data -------------------------------------------------------------------------------------------------
+    def import_data(self, format: ImportFormat | str, path: str | None = None, *, split_seed: int = 0,
+                    phantom_size: int = 1000) -> ImportResult:
+        req = ImportRequest(format=ImportFormat(format), path=path, split_seed=split_seed,
+                            phantom_size=phantom_size)
+        # Large imports validate every image before answering: allow them time.
+        response = self._request("POST", "/imports", json=req.model_dump(mode="json"), timeout=3600)
+        return ImportResult.model_validate(response.json())
+
+    def imports(self) -> list[ImportBatch]:
+        return [ImportBatch.model_validate(b) for b in self._request("GET", "/imports").json()]
+
+    def stats(self) -> Stats:
+        return Stats.model_validate(self._request("GET", "/stats").json())
+
+    def images(self, *, source: str | None = None, split: str | None = None, label: str | None = None,
+               batch: str | None = None, limit: int = 100, offset: int = 0) -> ImagePage:
+        params = {k: v for k, v in dict(source=source, split=split, label=label, batch=batch).items() if v}
+        response = self._request("GET", "/images", params={**params, "limit": limit, "offset": offset})
+        return ImagePage.model_validate(response.json())
+
+    def image(self, image_id: str) -> ImageInfo:
+        return ImageInfo.model_validate(self._request("GET", f"/images/{image_id}").json())
+
+    def image_bytes(self, image_id: str, *, thumbnail: bool = False) -> bytes:
+        return self._request("GET", f"/images/{image_id}/{'thumb' if thumbnail else 'file'}").content

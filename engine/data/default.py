@@ -1,0 +1,34 @@
+"""The embedded default data that `dermae demo` imports when the workspace is empty."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.schemas import ImportFormat
+
+MEDMNIST_CACHE = Path("~/.medmnist/dermamnist.npz")
+
+
+@dataclass(frozen=True)
+class DefaultSource:
+    format: ImportFormat
+    path: str | None
+    description: str
+
+
+def default_source() -> DefaultSource:
+    """DermaMNIST from DERMAE_DATA or medmnist's cache; else the offline phantom set."""
+    configured = os.environ.get("DERMAE_DATA")
+    if configured:
+        path = Path(configured).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"DERMAE_DATA={configured} does not exist; point it at a dermamnist.npz")
+        return DefaultSource(ImportFormat.medmnist, str(path.resolve()), f"DermaMNIST from DERMAE_DATA ({path})")
+    cache = MEDMNIST_CACHE.expanduser()
+    if cache.exists():
+        return DefaultSource(ImportFormat.medmnist, str(cache), f"DermaMNIST from medmnist's cache ({cache})")
+    return DefaultSource(ImportFormat.phantom, None,
+                         "phantom lesions (PHANTOM, NOT CLINICAL DATA): no DermaMNIST found in DERMAE_DATA "
+                         f"or {MEDMNIST_CACHE}")

@@ -1,0 +1,48 @@
+"""The seven HAM10000 diagnostic classes and every spelling of them that the importers accept."""
+
+from __future__ import annotations
+
+CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+
+CLASS_NAMES: dict[str, str] = {
+    "akiec": "Actinic keratoses and intraepithelial carcinoma",
+    "bcc": "Basal cell carcinoma",
+    "bkl": "Benign keratosis-like lesions",
+    "df": "Dermatofibroma",
+    "mel": "Melanoma",
+    "nv": "Melanocytic nevi",
+    "vasc": "Vascular lesions",
+}
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+# Folder names and CSV values seen in the wild: ISIC column names, full names, common plurals.
+_ALIASES: dict[str, str] = {
+    **{c: c for c in CLASSES},
+    **{name.lower(): c for c, name in CLASS_NAMES.items()},
+    "ak": "akiec",
+    "actinic keratoses": "akiec",
+    "actinic keratosis": "akiec",
+    "basal cell carcinoma": "bcc",
+    "benign keratosis": "bkl",
+    "dermatofibroma": "df",
+    "melanoma": "mel",
+    "nevus": "nv",
+    "nevi": "nv",
+    "melanocytic nevus": "nv",
+    "vascular lesion": "vasc",
+    "vascular lesions": "vasc",
+}
+
+
+class UnknownLabel(ValueError):
+    pass
+
+
+def normalise_label(value: str) -> str:
+    """Map any accepted spelling to one of CLASSES; raise UnknownLabel otherwise."""
+    key = " ".join(str(value).strip().lower().replace("_", " ").split())
+    try:
+        return _ALIASES[key]
+    except KeyError:
+        raise UnknownLabel(f"unknown label {value!r}; expected one of {', '.join(CLASSES)}") from None

@@ -1,0 +1,59 @@
+"""Lesion-aware stratified train/val/test splits.
+
+HAM10000 has several images of one lesion (10,015 images of 7,470 lesions); putting them in two splits leaks
+the lesion into evaluation. Lesions are dealt to splits per class, largest first, always to the split furthest
+below its share, so each split's count of a class stays within one lesion's images of its target.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+from engine.data.labels import SPLITS
+
+DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)  # DermaMNIST's official 7:1:2
+
+
+def lesion_aware_split(
+    labels: Sequence[str],
+    lesion_ids: Sequence[str | None],
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+) -> list[str]:
+    """Return a split name per image. An image without a lesion id is its own lesion.
+
+    A lesion whose images carry different labels is placed with the class most of its images have.
+    """
+    if len(labels) != len(lesion_ids):
+        raise ValueError("labels and lesion_ids must have the same length")
+    if any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"fractions must be non-negative and sum to 1, got {fractions}")
+
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, lesion in enumerate(lesion_ids):
+        members[lesion if lesion else f"\0image-{i}"].append(i)
+
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for lesion, idx in members.items():
+        majority = Counter(labels[i] for i in idx).most_common(1)[0][0]
+        by_class[majority].append(lesion)
+
+    rng = random.Random(seed)
+    out = [""] * len(labels)
+    for cls in sorted(by_class):
+        lesions = sorted(by_class[cls])
+        rng.shuffle(lesions)
+        lesions.sort(key=lambda lesion: -len(members[lesion]))  # stable: big lesions first, ties shuffled
+        total = sum(len(members[lesion]) for lesion in lesions)
+        filled = [0, 0, 0]
+        for lesion in lesions:
+            # the split with the largest shortfall against its target share of what is dealt so far
+            dealt = sum(filled) + len(members[lesion])
+            k = max(range(3), key=lambda s: (fractions[s] * dealt - filled[s], fractions[s]))
+            filled[k] += len(members[lesion])
+            for i in members[lesion]:
+                out[i] = SPLITS[k]
+        assert sum(filled) == total
+    return out

@@ -1,0 +1,78 @@
+"""Start the product's processes, wait for them to be ready, and stop every one of them on exit.
+
+Used by `dermae up` and `dermae demo`: nothing they start is left running after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine.settings import Settings
+
+
+class Launcher:
+    def __init__(self) -> None:
+        self.processes: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        # Own process group: a signal to it reaches the child's children (uvicorn workers, streamlit).
+        proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, start_new_session=True)
+        self.processes.append((name, proc))
+        return proc
+
+    def start_server(self, settings: Settings, host: str, port: int, timeout: float = 60.0) -> str:
+        """Start `dermae serve` for `settings` and return its URL once /health answers."""
+        from engine.client import Client
+
+        record = settings.server_record_path
+        proc = self.start("engine", [sys.executable, "-m", "engine.cli", "serve", "--host", host,
+                                     "--port", str(port)], env={"DERMAE_WORKSPACE": str(settings.workspace)})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the engine server exited with code {proc.returncode}; see its output above")
+            url = _recorded_url(record, proc.pid)
+            if url:
+                with Client(url, None, timeout=2) as client:
+                    client.wait_until_healthy(timeout=max(1.0, deadline - time.monotonic()))
+                return url
+            time.sleep(0.1)
+        raise TimeoutError(f"the engine server did not become healthy within {timeout:.0f}s")
+
+    def wait(self) -> int:
+        """Block until a process exits (or Ctrl-C); return its exit code."""
+        while True:
+            for name, proc in self.processes:
+                if proc.poll() is not None:
+                    print(f"{name} exited with code {proc.returncode}", file=sys.stderr)
+                    return proc.returncode
+            time.sleep(0.5)
+
+    def stop_all(self, grace: float = 10.0) -> None:
+        for _, proc in reversed(self.processes):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for _, proc in reversed(self.processes):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _recorded_url(record: Path, pid: int) -> str | None:
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    return data["url"] if data.get("pid") == pid else None

@@ -1,0 +1,100 @@
+"""Workspace paths, limits and the environment variables that choose them.
+
+DERMAE_WORKSPACE  where the database, images, logs and the API token live (default: ./workspace)
+DERMAE_API_URL    where clients find the server (default: the running server's record in the workspace)
+DERMAE_API_TOKEN  the token clients send (default: the token file in the workspace)
+DERMAE_DATA       a dermamnist.npz that `dermae demo` imports instead of the phantom set
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+# Limits every imported image must respect. HAM10000 is 600x450 and ISIC originals reach ~6000x4000 (24 MP);
+# anything far beyond is a mistake or a decompression bomb.
+MAX_IMAGE_BYTES = 50 * 1024 * 1024
+MAX_IMAGE_PIXELS = 40_000_000
+MIN_IMAGE_SIDE = 8
+THUMBNAIL_SIDE = 128
+
+
+@dataclass(frozen=True)
+class Settings:
+    workspace: Path
+
+    @classmethod
+    def from_env(cls, workspace: str | Path | None = None) -> Settings:
+        root = workspace or os.environ.get("DERMAE_WORKSPACE") or "workspace"
+        return cls(workspace=Path(root).expanduser().resolve())
+
+    @property
+    def db_path(self) -> Path:
+        return self.workspace / "dermae.duckdb"
+
+    @property
+    def token_path(self) -> Path:
+        return self.workspace / "api_token"
+
+    @property
+    def server_record_path(self) -> Path:
+        """JSON written by a running server (url, pid) so that clients can find it."""
+        return self.workspace / "server.json"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.workspace / "images"
+
+    @property
+    def thumbs_dir(self) -> Path:
+        return self.workspace / "thumbs"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.workspace / "logs"
+
+    def ensure(self) -> None:
+        for d in (self.workspace, self.images_dir, self.thumbs_dir, self.logs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+def ensure_api_token(settings: Settings) -> str:
+    """The workspace's API token, created on first start with mode 0600 (owner read/write only)."""
+    import secrets
+
+    settings.workspace.mkdir(parents=True, exist_ok=True)
+    path = settings.token_path
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        token = secrets.token_urlsafe(32)
+        f.write(token + "\n")
+    return token
+
+
+def api_token(settings: Settings) -> str | None:
+    """What a client sends: DERMAE_API_TOKEN, else the workspace's token file."""
+    if os.environ.get("DERMAE_API_TOKEN"):
+        return os.environ["DERMAE_API_TOKEN"]
+    try:
+        return settings.token_path.read_text().strip()
+    except OSError:
+        return None
+
+
+def api_url(settings: Settings) -> str | None:
+    """Where a client finds the server: DERMAE_API_URL, else the running server's record in the workspace."""
+    import json
+
+    if os.environ.get("DERMAE_API_URL"):
+        return os.environ["DERMAE_API_URL"].rstrip("/")
+    try:
+        return json.loads(settings.server_record_path.read_text())["url"]
+    except (OSError, ValueError, KeyError):
+        return None

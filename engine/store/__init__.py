@@ -1,0 +1,24 @@
+"""The only package that imports duckdb. `Store` bundles the database and its typed query groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.store.db import Database, StoreLocked
+from engine.store.images import ImageQueries
+from engine.store.migrations import LATEST_VERSION
+
+__all__ = ["LATEST_VERSION", "Store", "StoreLocked"]
+
+
+class Store:
+    def __init__(self, path: Path, *, migrate_to: int | None = None):
+        self.db = Database(path, migrate_to=migrate_to)
+        self.images = ImageQueries(self.db)
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.schema_version
+
+    def close(self) -> None:
+        self.db.close()

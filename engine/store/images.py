@@ -1,0 +1,114 @@
+"""Queries on images, import batches and the review state derived from append-only review events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from engine.data.labels import CLASSES, SPLITS
+from engine.store.db import Database
+
+REVIEW_STATUSES = ("pending", "accepted", "rejected")
+
+# Current decision per (image, reviewer): the latest event that is not an undo and was not undone.
+# An image is rejected if any reviewer currently rejects it, accepted with `k` accepts and no reject.
+_REVIEW_STATUS_SQL = """
+WITH live AS (
+    SELECT image_id, reviewer, arg_max(decision, seq) AS decision
+    FROM reviews
+    WHERE decision <> 'undo' AND seq NOT IN (SELECT undoes FROM reviews WHERE undoes IS NOT NULL)
+    GROUP BY image_id, reviewer
+), per_image AS (
+    SELECT image_id, count(*) FILTER (decision = 'accept') AS accepts,
+           count(*) FILTER (decision = 'reject') AS rejects
+    FROM live GROUP BY image_id
+)
+SELECT i.id, i.label,
+       CASE WHEN coalesce(p.rejects, 0) > 0 THEN 'rejected'
+            WHEN coalesce(p.accepts, 0) >= ? THEN 'accepted'
+            ELSE 'pending' END AS status
+FROM images i LEFT JOIN per_image p ON p.image_id = i.id
+WHERE i.source = 'synthetic'
+"""
+
+IMAGE_COLUMNS = ("id", "content_id", "path", "thumb_path", "label", "source", "split", "lesion_id", "width",
+                 "height", "format", "size_bytes", "import_batch", "original_name", "metadata", "duplicate_of",
+                 "created_at")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class ImageQueries:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def existing_counts(self, content_ids: list[str]) -> dict[str, int]:
+        """How many image rows already hold each content id."""
+        if not content_ids:
+            return {}
+        cur = self.db.cursor()
+        cur.register("wanted_ids", pa.table({"content_id": content_ids}))
+        rows = cur.execute(
+            "SELECT i.content_id, count(*) FROM images i JOIN wanted_ids USING (content_id) GROUP BY 1"
+        ).fetchall()
+        return dict(rows)
+
+    def add_batch(self, *, batch_id: str, format: str, source: str, n_records: int, rows: list[dict],
+                  phantom: bool) -> None:
+        """Insert the batch record and all its image rows in one transaction."""
+        with self.db.transaction() as cur:
+            cur.execute("INSERT INTO import_batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [batch_id, format, source, _now(), n_records, len(rows), phantom])
+            if rows:
+                cur.register("batch_rows", pa.Table.from_pylist(rows))
+                cur.execute("INSERT INTO images BY NAME SELECT * FROM batch_rows")
+
+    def batches(self) -> list[dict[str, Any]]:
+        cur = self.db.cursor().execute("SELECT * FROM import_batches ORDER BY created_at DESC")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def has_phantom(self) -> bool:
+        return bool(self.db.cursor().execute(
+            "SELECT count(*) FROM import_batches WHERE phantom AND n_added > 0").fetchone()[0])
+
+    def stats(self, accepts_needed: int = 1) -> dict[str, dict[str, dict[str, int]]]:
+        """Counts per source × split (real) or review status (synthetic) × class, zeros included."""
+        out: dict[str, dict[str, dict[str, int]]] = {
+            "real": {s: dict.fromkeys(CLASSES, 0) for s in SPLITS},
+            "synthetic": {s: dict.fromkeys(CLASSES, 0) for s in REVIEW_STATUSES},
+        }
+        cur = self.db.cursor()
+        for split, label, n in cur.execute(
+            "SELECT split, label, count(*) FROM images WHERE source = 'real' AND split IS NOT NULL GROUP BY 1, 2"
+        ).fetchall():
+            out["real"][split][label] = n
+        for status, label, n in cur.execute(
+            f"SELECT status, label, count(*) FROM ({_REVIEW_STATUS_SQL}) GROUP BY 1, 2", [accepts_needed]
+        ).fetchall():
+            out["synthetic"][status][label] = n
+        return out
+
+    def list(self, *, source: str | None = None, split: str | None = None, label: str | None = None,
+             batch: str | None = None, limit: int = 100, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+        """Filtered page of images, newest import first; returns (total matching, page)."""
+        where, params = [], []
+        for column, value in (("source", source), ("split", split), ("label", label), ("import_batch", batch)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        cur = self.db.cursor()
+        total = cur.execute(f"SELECT count(*) FROM images {clause}", params).fetchone()[0]
+        cur.execute(f"SELECT {', '.join(IMAGE_COLUMNS)} FROM images {clause} "
+                    "ORDER BY created_at DESC, id LIMIT ? OFFSET ?", [*params, limit, offset])
+        return total, [dict(zip(IMAGE_COLUMNS, row, strict=True)) for row in cur.fetchall()]
+
+    def get(self, image_id: str) -> dict[str, Any] | None:
+        row = self.db.cursor().execute(
+            f"SELECT {', '.join(IMAGE_COLUMNS)} FROM images WHERE id = ?", [image_id]).fetchone()
+        return dict(zip(IMAGE_COLUMNS, row, strict=True)) if row else None
