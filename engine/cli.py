@@ -63,7 +63,7 @@ def serve(
         _fail(str(e))
 
 
-def _run_up(settings: Settings, host: str, port: int, import_default: bool) -> None:
+def _run_up(settings: Settings, host: str, port: int, demo_profile: str | None) -> None:
     from engine.client import Client
     from engine.launcher import Launcher
 
@@ -73,9 +73,9 @@ def _run_up(settings: Settings, host: str, port: int, import_default: bool) -> N
         with Client.from_settings(settings, timeout=60) as client:
             stats = client.stats()
             n_real = sum(sum(c.values()) for c in stats.real.values())
-            if import_default and n_real == 0:
-                _import_default(client)
-            elif import_default:
+            if demo_profile and n_real == 0:
+                _import_default(client, demo_profile)
+            elif demo_profile:
                 typer.echo(f"The workspace already holds {n_real} real images; nothing imported.")
         _print_next_steps(url, settings)
         raise typer.Exit(launcher.wait())
@@ -85,12 +85,15 @@ def _run_up(settings: Settings, host: str, port: int, import_default: bool) -> N
         launcher.stop_all()
 
 
-def _import_default(client) -> None:
+def _import_default(client, profile_name: str) -> None:
     from engine.data.default import default_source
+    from engine.profiles import load_profile
 
+    profile = load_profile(profile_name)
     source = default_source()
     typer.echo(f"Importing the default data: {source.description}")
-    result = _call(client.import_data, source.format, source.path)
+    result = _call(client.import_data, source.format, source.path, split_seed=profile.data.split_seed,
+                   phantom_size=profile.data.phantom_size)
     typer.echo(f"Imported {result.n_added} images (batch {result.batch_id}).")
     if result.phantom:
         typer.secho("Note: this is PHANTOM data, not clinical data. For DermaMNIST, set "
@@ -114,7 +117,7 @@ def up(
     port: Annotated[int, typer.Option()] = DEFAULT_PORT,
 ) -> None:
     """Start the engine server (and the front ends), wait until healthy; Ctrl-C stops all of them."""
-    _run_up(_settings(workspace), host, port, import_default=False)
+    _run_up(_settings(workspace), host, port, demo_profile=None)
 
 
 @app.command()
@@ -122,9 +125,16 @@ def demo(
     workspace: Workspace = None,
     host: Annotated[str, typer.Option()] = DEFAULT_HOST,
     port: Annotated[int, typer.Option()] = DEFAULT_PORT,
+    profile: Annotated[str, typer.Option(help="smoke | tiny | paper (configs/).")] = "tiny",
 ) -> None:
     """`up`, and import the embedded default data into an empty workspace (DermaMNIST if found, else phantom)."""
-    _run_up(_settings(workspace), host, port, import_default=True)
+    from engine.profiles import load_profile
+
+    try:
+        load_profile(profile)
+    except ValueError as e:
+        _fail(str(e), code=2)
+    _run_up(_settings(workspace), host, port, demo_profile=profile)
 
 
 @app.command("import")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 
@@ -12,6 +13,14 @@ import uvicorn
 from engine.api.app import create_app
 from engine.settings import Settings
 from engine.store import Store
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -40,9 +49,15 @@ def serve(settings: Settings, host: str, port: int, log_level: str = "info") -> 
     tmp.write_text(json.dumps(record))
     os.replace(tmp, settings.server_record_path)
     print(f"dermae engine listening on {record['url']} (workspace {settings.workspace})", flush=True)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was in
+    # place before it started; ours turns that into a normal return, so the clean-up below runs and exit is 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
     try:
         server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
         server.run(sockets=[sock])
+    except _Stopped:
+        pass
     finally:
         try:  # remove the record only if it is still ours
             if json.loads(settings.server_record_path.read_text()).get("pid") == os.getpid():

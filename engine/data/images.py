@@ -55,16 +55,18 @@ def check_image(data: bytes) -> CheckedImage:
             w, h = img.size
             # Checked before decoding: a 20000x20000 PNG is a few KiB on disk and 1.2 GB in memory.
             if w * h > MAX_IMAGE_PIXELS:
-                raise ImageProblem(f"image is {w}x{h} ({w * h / 1e6:.0f} MP); the limit is "
+                raise ImageProblem(f"image is too large: {w}x{h} ({w * h / 1e6:.0f} MP); the limit is "
                                    f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP")
             if min(w, h) < MIN_IMAGE_SIDE:
                 raise ImageProblem(f"image is {w}x{h}; each side must be at least {MIN_IMAGE_SIDE} px")
             img.load()
     except ImageProblem:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageProblem(f"image is too large to decode safely: {e}") from None
     except UnidentifiedImageError:
         raise ImageProblem("not an image (the content is not a known image format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (OSError, SyntaxError, ValueError) as e:
         raise ImageProblem(f"corrupt or truncated image: {e}") from None
     digest = hashlib.sha256(f"{img.mode}:{w}x{h}:".encode())
     digest.update(img.tobytes())

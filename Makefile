@@ -1,0 +1,37 @@
+# DerMAE Studio. `make demo` and `make test` each set up everything they need on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Reinstall whenever pyproject.toml changes.
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)
+
+demo: install  ## start the engine on the default data (DermaMNIST via DERMAE_DATA, else phantom lesions)
+	$(BIN)/dermae demo
+
+test: install  ## lint, then the whole suite (slow end-to-end tests included)
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+test-fast: install  ## the suite without the slow end-to-end tests
+	$(BIN)/pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install  ## benchmarks: print figures and ratios, assert nothing about time
+	$(BIN)/python bench/import_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,73 @@
+"""The engine server, started for real: health, token auth on every route, OpenAPI, its records."""
+
+import json
+import re
+import signal
+import stat
+
+import httpx
+import pytest
+
+from engine.store import LATEST_VERSION
+from tests.processes import start_server
+
+
+def test_health_needs_no_token_and_reports_the_schema(server):
+    response = httpx.get(f"{server.url}/health")
+    assert response.status_code == 200
+    assert response.json()["schema_version"] == LATEST_VERSION
+
+
+def test_token_file_is_private(server):
+    mode = stat.S_IMODE(server.settings.token_path.stat().st_mode)
+    assert mode == 0o600
+    assert len(server.token) >= 32
+
+
+def test_server_binds_loopback_and_records_itself(server):
+    record = json.loads(server.settings.server_record_path.read_text())
+    assert record["pid"] == server.process.pid
+    assert record["url"].startswith("http://127.0.0.1:")
+
+
+def _concrete(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", "0" * 64, path)
+
+
+def test_every_route_but_health_needs_the_token(server):
+    schema = httpx.get(f"{server.url}/openapi.json", headers={"Authorization": f"Bearer {server.token}"}).json()
+    checked = 0
+    for path, methods in schema["paths"].items():
+        for method in methods:
+            url = server.url + _concrete(path)
+            if path == "/health":
+                continue
+            for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": "Basic eDp5"}):
+                response = httpx.request(method, url, headers=headers, json={})
+                assert response.status_code == 401, (method, path, headers, response.text)
+                assert "api_token" in response.json()["detail"]
+            checked += 1
+    assert checked >= 6
+
+
+def test_openapi_is_the_contract(server):
+    schema = server.client()._request("GET", "/openapi.json").json()
+    assert {"/health", "/imports", "/stats", "/images", "/images/{image_id}"} <= set(schema["paths"])
+    assert "Stats" in schema["components"]["schemas"]
+
+
+def test_stopping_by_pid_removes_the_record_and_a_restart_keeps_the_token(tmp_path):
+    first = start_server(tmp_path / "ws")
+    token = first.token
+    assert first.stop(signal.SIGTERM) == 0
+    assert not first.settings.server_record_path.exists()
+    second = start_server(tmp_path / "ws")
+    try:
+        assert second.token == token
+    finally:
+        second.stop()
+
+
+def test_a_second_server_on_the_same_workspace_refuses_clearly(server):
+    with pytest.raises(RuntimeError, match="Only the engine server opens the database"):
+        start_server(server.settings.workspace, timeout=30)

@@ -1,0 +1,69 @@
+"""Start the product's real processes for tests (on 127.0.0.1, a free port) and stop them by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.client import Client
+from engine.settings import Settings
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen
+    settings: Settings
+    url: str
+    token: str
+    log_path: Path
+
+    def client(self, token: str | None = "default") -> Client:
+        return Client(self.url, self.token if token == "default" else token)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(workspace: Path, timeout: float = 60) -> RunningServer:
+    """`dermae serve --port 0` in `workspace`; returns once /health answers."""
+    workspace.mkdir(parents=True, exist_ok=True)
+    settings = Settings.from_env(workspace)
+    log_path = workspace / f"server-{time.monotonic_ns()}.log"
+    env = {**os.environ, "DERMAE_WORKSPACE": str(workspace)}
+    env.pop("DERMAE_API_URL", None)
+    env.pop("DERMAE_API_TOKEN", None)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", "0"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
+        try:
+            record = json.loads(settings.server_record_path.read_text())
+        except (OSError, ValueError):
+            record = {}
+        if record.get("pid") == proc.pid:
+            token = settings.token_path.read_text().strip()
+            server = RunningServer(proc, settings, record["url"], token, log_path)
+            server.client().wait_until_healthy(timeout=deadline - time.monotonic())
+            return server
+        time.sleep(0.05)
+    proc.kill()
+    raise TimeoutError(f"server did not start within {timeout}s:\n{log_path.read_text()}")

@@ -1,0 +1,78 @@
+"""The `dermae` command against a real server, and `dermae up` stopping everything it started."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+import pytest
+
+from tests import factories
+
+
+def dermae(server, *args, timeout=120):
+    env = {**os.environ, "DERMAE_WORKSPACE": str(server.settings.workspace)}
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_import_then_stats_json(server, tmp_path):
+    done = dermae(server, "import", "ham10000", str(factories.ham_tree(tmp_path / "ham", n_per_class=10)))
+    assert done.returncode == 0, done.stderr
+    assert "70 of 70 images added" in done.stdout
+    stats = json.loads(dermae(server, "stats", "--json").stdout)
+    assert set(stats) == {"real", "synthetic"}
+    assert set(stats["real"]) == {"train", "val", "test"}
+    assert set(stats["synthetic"]) == {"pending", "accepted", "rejected"}
+    assert sum(stats["real"][s]["nv"] for s in stats["real"]) == 10
+    assert dermae(server, "import", "ham10000", str(tmp_path / "ham")).stdout.startswith("0 of 70")
+
+
+def test_errors_are_one_clear_message_and_exit_code_1(server, tmp_path):
+    missing = dermae(server, "import", "folder", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    bad = dermae(server, "import", "dicom", str(tmp_path))
+    assert bad.returncode == 2 and "unknown format 'dicom'" in bad.stderr
+
+
+def test_without_a_server_the_cli_says_how_to_start_one(tmp_path):
+    env = {**os.environ, "DERMAE_WORKSPACE": str(tmp_path)}
+    env.pop("DERMAE_API_URL", None)
+    result = subprocess.run([sys.executable, "-m", "engine.cli", "stats"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1 and "dermae serve" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_imports_the_default_data_and_ctrl_c_stops_everything(tmp_path):
+    workspace = tmp_path / "ws"
+    env = {**os.environ, "DERMAE_WORKSPACE": str(workspace), "HOME": str(tmp_path)}  # no medmnist cache
+    env.pop("DERMAE_DATA", None)
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "demo", "--port", "0", "--profile", "smoke"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "Press Ctrl-C" in line or proc.poll() is not None:
+                break
+        output = "".join(lines)
+        assert "PHANTOM" in output and "Imported" in output, output
+        url = json.loads((workspace / "server.json").read_text())["url"]
+        assert httpx.get(f"{url}/health").status_code == 200
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        _, alive = psutil.wait_procs(children, timeout=15)
+        assert not alive
+        assert not (workspace / "server.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
