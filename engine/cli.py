@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -52,13 +53,20 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless you mean to expose it.")]
     = DEFAULT_HOST,
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one (written to server.json).")] = DEFAULT_PORT,
+    max_jobs: Annotated[int, typer.Option(envvar="DERMAE_MAX_JOBS", min=1,
+                                          help="Jobs running at once (1 suits a CPU).")] = 1,
+    cancel_grace: Annotated[float, typer.Option(envvar="DERMAE_CANCEL_GRACE", min=0,
+                                                help="Seconds a cancelled job has to checkpoint before "
+                                                     "SIGKILL.")] = 10.0,
 ) -> None:
-    """Run the engine server: the only process that opens the workspace database."""
+    """Run the engine server: the only process that opens the workspace database, and the job scheduler."""
     from engine.api.server import serve as run_server
+    from engine.jobs.scheduler import SchedulerConfig
     from engine.store import StoreLocked
 
     try:
-        run_server(_settings(workspace), host, port)
+        run_server(_settings(workspace), host, port,
+                   scheduler_config=SchedulerConfig(max_concurrent=max_jobs, cancel_grace=cancel_grace))
     except StoreLocked as e:
         _fail(str(e))
 
@@ -179,6 +187,151 @@ def stats(
         for group, counts in groups.items():
             typer.echo(f"  {group:<16}" + "".join(f"{counts[c]:>7}" for c in classes)
                        + f"{sum(counts.values()):>8}")
+
+
+jobs_app = typer.Typer(help="Background jobs: list, inspect, follow, cancel, retry.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+
+def _parse_param(text: str) -> tuple[str, object]:
+    """`k=v` with v read as JSON when it parses (numbers, booleans, null, lists), else as a string."""
+    if "=" not in text:
+        _fail(f"--param takes KEY=VALUE, got {text!r}", code=2)
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), json.loads(raw)
+    except ValueError:
+        return key.strip(), raw
+
+
+@app.command()
+def submit(
+    kind: Annotated[str, typer.Argument(help="Job kind (see `dermae jobs kinds`).")],
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE, repeatable.")] = None,
+    after: Annotated[list[int] | None, typer.Option(help="Job id that must succeed first; repeatable.")] = None,
+    processes: Annotated[int, typer.Option(help="Processes (>1 runs under accelerate launch).")] = 1,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow it with a progress bar.")] = False,
+    workspace: Workspace = None,
+) -> None:
+    """Queue a job and print its id."""
+    params = dict(_parse_param(p) for p in param or [])
+    client = _client(workspace)
+    job = _call(client.submit_job, kind, params, after=after or [], num_processes=processes)
+    typer.echo(job.id)
+    if follow:
+        raise typer.Exit(_follow(client, job.id))
+
+
+def _job_row(job) -> str:
+    fraction = job.progress.fraction
+    progress = f"{100 * fraction:5.1f}%" if fraction is not None else "     -"
+    return (f"{job.id:>6}  {job.kind:<14} {job.state.value:<11} {progress}  attempt {job.attempt}/"
+            f"{job.max_attempts}  {job.pipeline_id or ''}")
+
+
+@jobs_app.command("ls")
+def jobs_ls(
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only jobs of this kind.")] = None,
+    pipeline: Annotated[str | None, typer.Option(help="Only jobs of this pipeline run.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    workspace: Workspace = None,
+) -> None:
+    """List jobs, newest first."""
+    page = _call(_client(workspace).jobs, state=state, kind=kind, pipeline=pipeline, limit=limit)
+    if as_json:
+        typer.echo(json.dumps([j.model_dump(mode="json") for j in page.items], indent=2))
+        return
+    typer.echo(f"{'id':>6}  {'kind':<14} {'state':<11} {'done':>6}  attempts    pipeline")
+    for job in page.items:
+        typer.echo(_job_row(job))
+    if page.total > len(page.items):
+        typer.echo(f"… {page.total - len(page.items)} more (--limit)")
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = False,
+              workspace: Workspace = None) -> None:
+    """One job: state, attempt, progress, parameters, result or error."""
+    job = _call(_client(workspace).job, job_id)
+    if as_json:
+        typer.echo(job.model_dump_json(indent=2))
+        return
+    typer.echo(_job_row(job))
+    typer.echo(f"  params   {json.dumps(job.params)}")
+    if job.after:
+        typer.echo(f"  after    {', '.join(map(str, job.after))}")
+    if job.progress.message:
+        typer.echo(f"  progress {job.progress.done:g}/{job.progress.total or 0:g} {job.progress.message}")
+    if job.result is not None:
+        typer.echo(f"  result   {json.dumps(job.result)}")
+    if job.error:
+        typer.echo(f"  error    {job.error}")
+
+
+@jobs_app.command("kinds")
+def jobs_kinds(workspace: Workspace = None) -> None:
+    """The job kinds the engine knows, with their parameters."""
+    for kind in _call(_client(workspace).job_kinds):
+        typer.secho(kind.name, bold=True)
+        typer.echo(f"  {kind.description}")
+        for name, spec in kind.params_schema.get("properties", {}).items():
+            typer.echo(f"    {name:<16} default {spec.get('default')!r}  {spec.get('description', '')}")
+
+
+def _follow(client, job_id: int) -> int:
+    """Stream the log and draw a progress bar until the job ends; exit code 0 only if it succeeded."""
+    from tqdm import tqdm
+
+    offset, bar = 0, None
+    while True:
+        chunk = _call(client.job_logs, job_id, offset=offset)
+        job = _call(client.job, job_id)
+        if chunk.text:
+            (bar.write if bar else typer.echo)(chunk.text.rstrip("\n"))
+        offset = chunk.offset
+        if job.progress.total:
+            if bar is None:
+                bar = tqdm(total=job.progress.total, desc=f"job {job_id}", unit="step")
+            bar.total = job.progress.total
+            bar.n = job.progress.done or 0
+            bar.set_postfix_str(job.progress.message or "", refresh=False)
+            bar.refresh()
+        if job.state.value in ("succeeded", "failed", "cancelled") and chunk.finished:
+            if bar:
+                bar.close()
+            typer.echo(f"job {job_id} {job.state.value}" + (f": {job.error}" if job.error else ""))
+            return 0 if job.state.value == "succeeded" else 1
+        time.sleep(0.5)
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: int,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing, with a progress bar.")] = False,
+    tail: Annotated[int | None, typer.Option(help="Only the last N lines.")] = None,
+    workspace: Workspace = None,
+) -> None:
+    """Print a job's log; -f follows it live until the job ends."""
+    client = _client(workspace)
+    if follow:
+        raise typer.Exit(_follow(client, job_id))
+    typer.echo(_call(client.job_logs, job_id, tail=tail).text, nl=False)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: int, workspace: Workspace = None) -> None:
+    """Cancel a job: at once if queued; a running one gets SIGTERM, time to checkpoint, then SIGKILL."""
+    job = _call(_client(workspace).cancel_job, job_id)
+    typer.echo(f"job {job.id} {job.state.value}")
+
+
+@jobs_app.command("retry")
+def jobs_retry(job_id: int, workspace: Workspace = None) -> None:
+    """Re-queue a failed or cancelled job; it resumes from its last checkpoint."""
+    job = _call(_client(workspace).retry_job, job_id)
+    typer.echo(f"job {job.id} {job.state.value} (attempt {job.attempt + 1} next)")
 
 
 def main() -> None:

@@ -11,7 +11,27 @@ from typing import Any
 
 import httpx
 
-from engine.schemas import Health, ImageInfo, ImagePage, ImportBatch, ImportFormat, ImportRequest, ImportResult, Stats
+from engine.schemas import (
+    TERMINAL_STATES,
+    Artifact,
+    Health,
+    ImageInfo,
+    ImagePage,
+    ImportBatch,
+    ImportFormat,
+    ImportRequest,
+    ImportResult,
+    JobEvent,
+    JobInfo,
+    JobKindInfo,
+    JobPage,
+    JobSubmit,
+    LogChunk,
+    MetricSeries,
+    PipelineInfo,
+    PipelineSubmit,
+    Stats,
+)
 from engine.settings import Settings, api_token, api_url
 
 
@@ -112,3 +132,80 @@ class Client:
 
     def image_bytes(self, image_id: str, *, thumbnail: bool = False) -> bytes:
         return self._request("GET", f"/images/{image_id}/{'thumb' if thumbnail else 'file'}").content
+
+    # jobs -------------------------------------------------------------------------------------------------
+    def job_kinds(self) -> list[JobKindInfo]:
+        return [JobKindInfo.model_validate(k) for k in self._request("GET", "/job-kinds").json()]
+
+    def submit_job(self, kind: str, params: dict[str, Any] | None = None, **options: Any) -> JobInfo:
+        """Queue a job; options are JobSubmit's fields (after, num_processes, max_attempts, heartbeat_timeout)."""
+        body = JobSubmit(kind=kind, params=params or {}, **options).model_dump(mode="json")
+        return JobInfo.model_validate(self._request("POST", "/jobs", json=body).json())
+
+    def submit_pipeline(self, pipeline: PipelineSubmit) -> PipelineInfo:
+        return PipelineInfo.model_validate(
+            self._request("POST", "/pipelines", json=pipeline.model_dump(mode="json")).json())
+
+    def pipeline(self, pipeline_id: str) -> PipelineInfo:
+        return PipelineInfo.model_validate(self._request("GET", f"/pipelines/{pipeline_id}").json())
+
+    def jobs(self, *, state: str | None = None, kind: str | None = None, pipeline: str | None = None,
+             limit: int = 100, offset: int = 0) -> JobPage:
+        params = {k: v for k, v in dict(state=state, kind=kind, pipeline=pipeline).items() if v}
+        return JobPage.model_validate(
+            self._request("GET", "/jobs", params={**params, "limit": limit, "offset": offset}).json())
+
+    def job(self, job_id: int) -> JobInfo:
+        return JobInfo.model_validate(self._request("GET", f"/jobs/{job_id}").json())
+
+    def cancel_job(self, job_id: int) -> JobInfo:
+        return JobInfo.model_validate(self._request("POST", f"/jobs/{job_id}/cancel").json())
+
+    def retry_job(self, job_id: int) -> JobInfo:
+        return JobInfo.model_validate(self._request("POST", f"/jobs/{job_id}/retry").json())
+
+    def job_events(self, job_id: int) -> list[JobEvent]:
+        return [JobEvent.model_validate(e) for e in self._request("GET", f"/jobs/{job_id}/events").json()]
+
+    def job_logs(self, job_id: int, *, offset: int = 0, tail: int | None = None) -> LogChunk:
+        params: dict[str, int] = {"offset": offset}
+        if tail is not None:
+            params["tail"] = tail
+        return LogChunk.model_validate(self._request("GET", f"/jobs/{job_id}/logs", params=params).json())
+
+    def job_metrics(self, job_id: int, name: str | None = None) -> list[MetricSeries]:
+        params = {"name": name} if name else {}
+        response = self._request("GET", f"/jobs/{job_id}/metrics", params=params)
+        return [MetricSeries.model_validate(m) for m in response.json()]
+
+    def job_artifacts(self, job_id: int) -> list[Artifact]:
+        return [Artifact.model_validate(a) for a in self._request("GET", f"/jobs/{job_id}/artifacts").json()]
+
+    def wait_for_job(self, job_id: int, timeout: float = 600, poll: float = 0.2) -> JobInfo:
+        """Poll until the job has ended; raise TimeoutError (with its state) if it has not by `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job.state in TERMINAL_STATES:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job.state.value} after {timeout:.0f}s")
+            time.sleep(poll)
+
+    # the job process's side -------------------------------------------------------------------------------
+    def report_job(self, job_id: int, attempt: int, *, progress: tuple | None, metrics: list[dict[str, Any]],
+                   alive: bool) -> str:
+        body: dict[str, Any] = {"attempt": attempt, "metrics": metrics, "alive": alive}
+        if progress is not None:
+            body["progress"] = {"done": progress[0], "total": progress[1], "message": progress[2]}
+        return self._request("POST", f"/jobs/{job_id}/report", json=body).json()["state"]
+
+    def finish_job(self, job_id: int, attempt: int, state: str, *, result: Any = None,
+                   error: str | None = None) -> None:
+        self._request("POST", f"/jobs/{job_id}/finish",
+                      json={"attempt": attempt, "state": state, "result": result, "error": error})
+
+    def add_artifact(self, job_id: int, attempt: int, path: str, kind: str) -> Artifact:
+        response = self._request("POST", f"/jobs/{job_id}/artifacts",
+                                 json={"attempt": attempt, "path": path, "kind": kind})
+        return Artifact.model_validate(response.json())

@@ -92,3 +92,143 @@ class ImagePage(BaseModel):
 class Problem(BaseModel):
     detail: str
     problems: list[str] = []
+
+
+# jobs ---------------------------------------------------------------------------------------------------------
+class JobState(StrEnum):
+    queued = "queued"
+    running = "running"
+    cancelling = "cancelling"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
+
+
+class JobSubmit(BaseModel, extra="forbid"):
+    kind: str
+    params: dict[str, Any] = {}
+    after: list[int] = Field([], description="Job ids that must succeed before this one starts.")
+    num_processes: int = Field(1, ge=1, le=64, description="More than 1 launches through `accelerate launch`.")
+    max_attempts: int = Field(2, ge=1, le=10, description="Attempts when the server dies under the job.")
+    heartbeat_timeout: float = Field(300, ge=1, le=86400, description="Seconds without life before it is ended.")
+
+
+class PipelineStep(JobSubmit):
+    key: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    after_keys: list[str] = Field([], description="Keys of earlier steps of the same pipeline.")
+
+
+class PipelineSubmit(BaseModel, extra="forbid"):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    steps: list[PipelineStep] = Field(min_length=1, max_length=100)
+
+
+class Progress(BaseModel):
+    done: float | None = None
+    total: float | None = None
+    message: str | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        return self.done / self.total if self.done is not None and self.total else None
+
+
+class JobInfo(BaseModel):
+    id: int
+    kind: str
+    state: JobState
+    params: dict[str, Any]
+    after: list[int]
+    pipeline_id: str | None
+    pipeline_key: str | None
+    attempt: int
+    max_attempts: int
+    num_processes: int
+    heartbeat_timeout: float
+    pid: int | None
+    progress: Progress
+    result: Any = None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+
+
+class JobPage(BaseModel):
+    total: int
+    items: list[JobInfo]
+
+
+class PipelineInfo(BaseModel):
+    id: str
+    jobs: list[JobInfo]
+
+
+class JobEvent(BaseModel):
+    seq: int
+    attempt: int
+    event: str
+    message: str | None
+    created_at: datetime
+
+
+class MetricPoint(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    step: int
+    value: float
+
+
+class JobReport(BaseModel, extra="forbid"):
+    attempt: int
+    progress: Progress | None = None
+    metrics: list[MetricPoint] = Field([], max_length=100_000)
+    alive: bool = True
+
+
+class JobReportReply(BaseModel):
+    state: JobState
+
+
+class JobFinish(BaseModel, extra="forbid"):
+    attempt: int
+    state: JobState
+    result: Any = None
+    error: str | None = Field(None, max_length=100_000)
+
+
+class ArtifactIn(BaseModel, extra="forbid"):
+    attempt: int
+    path: str = Field(description="A file inside the workspace.")
+    kind: str = Field(pattern=r"^[a-z0-9_\-]{1,64}$")
+
+
+class Artifact(BaseModel):
+    id: int
+    job_id: int
+    kind: str
+    path: str
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+
+
+class MetricSeries(BaseModel):
+    name: str
+    steps: list[int]
+    values: list[float]
+
+
+class LogChunk(BaseModel):
+    text: str
+    offset: int = Field(description="Where the next read should start.")
+    finished: bool = Field(description="The job has ended: nothing more will be written.")
+
+
+class JobKindInfo(BaseModel):
+    name: str
+    description: str
+    params_schema: dict[str, Any]

@@ -40,16 +40,20 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(workspace: Path, timeout: float = 60) -> RunningServer:
-    """`dermae serve --port 0` in `workspace`; returns once /health answers."""
+# Job processes report and notice a lost server quickly in tests.
+FAST_JOB_ENV = {"DERMAE_REPORT_INTERVAL": "0.2", "DERMAE_ORPHAN_TIMEOUT": "10"}
+
+
+def start_server(workspace: Path, *args: str, timeout: float = 60, env: dict[str, str] | None = None) -> RunningServer:
+    """`dermae serve --port 0 [args]` in `workspace`; returns once /health answers."""
     workspace.mkdir(parents=True, exist_ok=True)
     settings = Settings.from_env(workspace)
     log_path = workspace / f"server-{time.monotonic_ns()}.log"
-    env = {**os.environ, "DERMAE_WORKSPACE": str(workspace)}
+    env = {**os.environ, **FAST_JOB_ENV, **(env or {}), "DERMAE_WORKSPACE": str(workspace)}
     env.pop("DERMAE_API_URL", None)
     env.pop("DERMAE_API_TOKEN", None)
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", "0"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", "0", *args], env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

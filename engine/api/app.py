@@ -2,29 +2,56 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from engine import __version__
-from engine.api import health, images, imports
+from engine.api import health, images, imports, jobs
 from engine.api.auth import require_token
 from engine.data.images import ImageProblem
 from engine.data.sources import SourceError
+from engine.jobs.scheduler import Scheduler
 from engine.settings import Settings, ensure_api_token
-from engine.store import Store
+from engine.store import JobConflict, Store, UnknownJob
 
 
-def create_app(settings: Settings, store: Store) -> FastAPI:
-    app = FastAPI(title="DerMAE Studio engine", version=__version__,
+def create_app(settings: Settings, store: Store, scheduler: Scheduler | None = None) -> FastAPI:
+    """The API over `store`. With a scheduler, it starts with the app (recovering jobs a dead server left
+    running) and stops with it (stopping job processes, which re-queue)."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if scheduler:
+            scheduler.start()
+        try:
+            yield
+        finally:
+            if scheduler:
+                scheduler.stop()
+
+    app = FastAPI(title="DerMAE Studio engine", version=__version__, lifespan=lifespan,
                   description="The engine's HTTP API. Every endpoint but /health needs the workspace API token.")
     app.state.settings = settings
     app.state.store = store
+    app.state.scheduler = scheduler
     app.state.api_token = ensure_api_token(settings)
 
     app.include_router(health.router)
     protected = [Depends(require_token)]
     app.include_router(imports.router, dependencies=protected)
     app.include_router(images.router, dependencies=protected)
+    app.include_router(jobs.router, dependencies=protected)
+
+    @app.exception_handler(UnknownJob)
+    def _unknown_job(_: Request, e: UnknownJob) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=status.HTTP_404_NOT_FOUND)
+
+    @app.exception_handler(JobConflict)
+    def _job_conflict(_: Request, e: JobConflict) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=status.HTTP_409_CONFLICT)
 
     @app.exception_handler(SourceError)
     def _source_error(_: Request, e: SourceError) -> JSONResponse:

@@ -11,7 +11,9 @@ import time
 import uvicorn
 
 from engine.api.app import create_app
-from engine.settings import Settings
+from engine.files import atomic_write_bytes
+from engine.jobs.scheduler import Scheduler, SchedulerConfig
+from engine.settings import Settings, ensure_api_token
 from engine.store import Store
 
 
@@ -36,7 +38,8 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: Settings, host: str, port: int, log_level: str = "info") -> None:
+def serve(settings: Settings, host: str, port: int, log_level: str = "info",
+          scheduler_config: SchedulerConfig | None = None) -> None:
     """Serve until interrupted. Port 0 picks a free port; the real one is written to server.json."""
     settings.ensure()
     store = Store(settings.db_path)  # fails fast, with advice, if another server holds the database
@@ -44,10 +47,12 @@ def serve(settings: Settings, host: str, port: int, log_level: str = "info") -> 
     bound_port = sock.getsockname()[1]
     url_host = f"[{host}]" if ":" in host else host
     record = {"url": f"http://{url_host}:{bound_port}", "pid": os.getpid(), "started_at": time.time()}
-    app = create_app(settings, store)
-    tmp = settings.server_record_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, settings.server_record_path)
+    # job processes run on this machine: they reach a server bound to every interface over loopback
+    local_url = record["url"] if host not in ("0.0.0.0", "::") else f"http://127.0.0.1:{bound_port}"
+    scheduler = Scheduler(store, settings, api_url=local_url, api_token=ensure_api_token(settings),
+                          config=scheduler_config or SchedulerConfig())
+    app = create_app(settings, store, scheduler)
+    atomic_write_bytes(settings.server_record_path, json.dumps(record).encode())
     print(f"dermae engine listening on {record['url']} (workspace {settings.workspace})", flush=True)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was in
     # place before it started; ours turns that into a normal return, so the clean-up below runs and exit is 0.

@@ -6,15 +6,17 @@ from pathlib import Path
 
 from engine.store.db import Database, StoreLocked
 from engine.store.images import ImageQueries
+from engine.store.jobs import JobConflict, JobQueries, UnknownJob
 from engine.store.migrations import LATEST_VERSION
 
-__all__ = ["LATEST_VERSION", "Store", "StoreLocked"]
+__all__ = ["LATEST_VERSION", "JobConflict", "Store", "StoreLocked", "UnknownJob"]
 
 
 class Store:
     def __init__(self, path: Path, *, migrate_to: int | None = None):
         self.db = Database(path, migrate_to=migrate_to)
         self.images = ImageQueries(self.db)
+        self.jobs = JobQueries(self.db)
 
     @property
     def schema_version(self) -> int:

@@ -64,6 +64,60 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             created_at TIMESTAMP NOT NULL
         );
     """),
+    (3, "jobs, their events, metrics and artifacts", """
+        CREATE SEQUENCE job_seq START 1;
+        CREATE TABLE jobs (
+            id BIGINT PRIMARY KEY DEFAULT nextval('job_seq'),
+            kind VARCHAR NOT NULL,
+            params JSON NOT NULL,
+            state VARCHAR NOT NULL
+                CHECK (state IN ('queued','running','cancelling','succeeded','failed','cancelled')),
+            after BIGINT[] NOT NULL DEFAULT [],
+            pipeline_id VARCHAR,
+            pipeline_key VARCHAR,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL DEFAULT 2,
+            num_processes INTEGER NOT NULL DEFAULT 1,
+            heartbeat_timeout DOUBLE NOT NULL DEFAULT 300,
+            pid INTEGER,
+            progress_done DOUBLE,
+            progress_total DOUBLE,
+            progress_message VARCHAR,
+            result JSON,
+            error VARCHAR,
+            created_at TIMESTAMP NOT NULL,
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP,
+            heartbeat_at TIMESTAMP
+        );
+        CREATE SEQUENCE job_event_seq START 1;
+        CREATE TABLE job_events (
+            seq BIGINT PRIMARY KEY DEFAULT nextval('job_event_seq'),
+            job_id BIGINT NOT NULL,
+            attempt INTEGER NOT NULL,
+            event VARCHAR NOT NULL,
+            message VARCHAR,
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE metrics (
+            job_id BIGINT NOT NULL,
+            attempt INTEGER NOT NULL,
+            name VARCHAR NOT NULL,
+            step BIGINT NOT NULL,
+            value DOUBLE,
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE SEQUENCE artifact_seq START 1;
+        CREATE TABLE artifacts (
+            id BIGINT PRIMARY KEY DEFAULT nextval('artifact_seq'),
+            job_id BIGINT NOT NULL,
+            kind VARCHAR NOT NULL,
+            path VARCHAR NOT NULL,
+            sha256 VARCHAR NOT NULL,
+            size_bytes BIGINT NOT NULL,
+            created_at TIMESTAMP NOT NULL
+        );
+    """),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -1,0 +1,224 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from pydantic import ValidationError
+
+from engine.files import sha256_file
+from engine.jobs.scheduler import log_path
+from engine.recipes.registry import KINDS, UnknownKind, get_kind
+from engine.schemas import (
+    TERMINAL_STATES,
+    Artifact,
+    ArtifactIn,
+    JobEvent,
+    JobFinish,
+    JobInfo,
+    JobKindInfo,
+    JobPage,
+    JobReport,
+    JobReportReply,
+    JobSubmit,
+    LogChunk,
+    MetricSeries,
+    PipelineInfo,
+    PipelineSubmit,
+    Problem,
+    Progress,
+)
+from engine.store import UnknownJob
+
+router = APIRouter(tags=["jobs"])
+MAX_LOG_CHUNK = 1 << 20
+_ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": Problem}, 409: {"model": Problem},
+                                            422: {"model": Problem}}
+
+
+def _info(job: dict) -> JobInfo:
+    progress = Progress(done=job.pop("progress_done"), total=job.pop("progress_total"),
+                        message=job.pop("progress_message"))
+    return JobInfo(**job, progress=progress)
+
+
+def _validated(kind: str, params: dict) -> dict:
+    try:
+        model = get_kind(kind).params
+    except UnknownKind as e:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(e)) from None
+    try:
+        return model.model_validate(params).model_dump(mode="json")
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'params'}: {err['msg']}" for err in e.errors())
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"invalid parameters for {kind}: {problems}") from None
+
+
+def _create(request: Request, specs: list[dict], pipeline_id: str | None) -> list[int]:
+    try:
+        ids = request.app.state.store.jobs.create_many(specs, pipeline_id=pipeline_id)
+    except (UnknownJob, ValueError) as e:  # waiting on a job that does not exist is a bad request, not a 404
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(e)) from None
+    if request.app.state.scheduler:
+        request.app.state.scheduler.wake()
+    return ids
+
+
+def _job(request: Request, job_id: int) -> dict:
+    return request.app.state.store.jobs.get(job_id)  # UnknownJob -> 404 (engine.api.app)
+
+
+@router.get("/job-kinds", response_model=list[JobKindInfo])
+def job_kinds() -> list[JobKindInfo]:
+    """Every job kind with the JSON schema of its parameters (the studio builds its forms from these)."""
+    return [JobKindInfo(name=k.name, description=k.description, params_schema=k.params.model_json_schema())
+            for k in KINDS.values()]
+
+
+@router.post("/jobs", response_model=JobInfo, status_code=201, responses=_ERRORS)
+def submit_job(body: JobSubmit, request: Request) -> JobInfo:
+    spec = body.model_dump() | {"params": _validated(body.kind, body.params)}
+    (job_id,) = _create(request, [spec], None)
+    return _info(_job(request, job_id))
+
+
+@router.post("/pipelines", response_model=PipelineInfo, status_code=201, responses=_ERRORS)
+def submit_pipeline(body: PipelineSubmit, request: Request) -> PipelineInfo:
+    """Jobs submitted together, waiting on each other by key: visible as one pipeline run."""
+    keys = [s.key for s in body.steps]
+    if len(set(keys)) != len(keys):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "pipeline step keys must be unique")
+    specs = [step.model_dump(exclude={"key"}) | {"pipeline_key": step.key,
+                                                  "params": _validated(step.kind, step.params)}
+             for step in body.steps]
+    pipeline_id = f"{body.name}-{uuid.uuid4().hex[:8]}"
+    _create(request, specs, pipeline_id)
+    return get_pipeline(pipeline_id, request)
+
+
+@router.get("/pipelines/{pipeline_id}", response_model=PipelineInfo, responses=_ERRORS)
+def get_pipeline(pipeline_id: str, request: Request) -> PipelineInfo:
+    _, jobs = request.app.state.store.jobs.list(pipeline_id=pipeline_id, limit=1000)
+    if not jobs:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no pipeline {pipeline_id}")
+    return PipelineInfo(id=pipeline_id, jobs=[_info(j) for j in sorted(jobs, key=lambda j: j["id"])])
+
+
+@router.get("/jobs", response_model=JobPage)
+def list_jobs(
+    request: Request,
+    state: Annotated[str | None, Query(pattern=r"^(queued|running|cancelling|succeeded|failed|cancelled)$")] = None,
+    kind: Annotated[str | None, Query(max_length=64)] = None,
+    pipeline: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobPage:
+    total, jobs = request.app.state.store.jobs.list(state=state, kind=kind, pipeline_id=pipeline, limit=limit,
+                                                    offset=offset)
+    return JobPage(total=total, items=[_info(j) for j in jobs])
+
+
+@router.get("/jobs/{job_id}", response_model=JobInfo, responses=_ERRORS)
+def get_job(job_id: int, request: Request) -> JobInfo:
+    return _info(_job(request, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobInfo, responses=_ERRORS)
+def cancel_job(job_id: int, request: Request) -> JobInfo:
+    """Queued: cancelled at once. Running: SIGTERM, a grace period to checkpoint, then SIGKILL."""
+    request.app.state.store.jobs.request_cancel(job_id)
+    if request.app.state.scheduler:
+        request.app.state.scheduler.wake()
+    return _info(_job(request, job_id))
+
+
+@router.post("/jobs/{job_id}/retry", response_model=JobInfo, responses=_ERRORS)
+def retry_job(job_id: int, request: Request) -> JobInfo:
+    """Re-queue a failed or cancelled job (and what failed downstream because of it); it resumes from its
+    last checkpoint."""
+    request.app.state.store.jobs.retry(job_id)
+    if request.app.state.scheduler:
+        request.app.state.scheduler.wake()
+    return _info(_job(request, job_id))
+
+
+@router.get("/jobs/{job_id}/events", response_model=list[JobEvent], responses=_ERRORS)
+def job_events(job_id: int, request: Request) -> list[JobEvent]:
+    _job(request, job_id)
+    return [JobEvent(**e) for e in request.app.state.store.jobs.events(job_id)]
+
+
+@router.get("/jobs/{job_id}/logs", response_model=LogChunk, responses=_ERRORS)
+def job_logs(
+    job_id: int,
+    request: Request,
+    offset: Annotated[int, Query(ge=0, description="Byte offset to read from (follow: pass back `offset`).")] = 0,
+    tail: Annotated[int | None, Query(ge=1, le=10000, description="Only the last N lines.")] = None,
+) -> LogChunk:
+    job = _job(request, job_id)
+    path = log_path(request.app.state.settings, job_id)
+    finished = job["state"] in TERMINAL_STATES
+    if not path.exists():
+        return LogChunk(text="", offset=0, finished=finished)
+    with path.open("rb") as f:
+        end = f.seek(0, 2)
+        if tail is not None:
+            start = max(0, end - MAX_LOG_CHUNK)
+            f.seek(start)
+            lines = f.read().decode(errors="replace").splitlines(keepends=True)
+            return LogChunk(text="".join(lines[-tail:]), offset=end, finished=finished)
+        f.seek(min(offset, end))
+        data = f.read(MAX_LOG_CHUNK)
+    return LogChunk(text=data.decode(errors="replace"), offset=min(offset, end) + len(data),
+                    finished=finished and min(offset, end) + len(data) >= end)
+
+
+@router.get("/jobs/{job_id}/metrics", response_model=list[MetricSeries], responses=_ERRORS)
+def job_metrics(job_id: int, request: Request,
+                name: Annotated[str | None, Query(max_length=200)] = None) -> list[MetricSeries]:
+    _job(request, job_id)
+    series = request.app.state.store.jobs.metrics(job_id, name)
+    return [MetricSeries(name=n, steps=[s for s, _ in pts], values=[v for _, v in pts]) for n, pts in series.items()]
+
+
+@router.get("/jobs/{job_id}/artifacts", response_model=list[Artifact], responses=_ERRORS)
+def job_artifacts(job_id: int, request: Request) -> list[Artifact]:
+    _job(request, job_id)
+    return [Artifact(**a) for a in request.app.state.store.jobs.artifacts(job_id)]
+
+
+# the job process's side ---------------------------------------------------------------------------------------
+@router.post("/jobs/{job_id}/report", response_model=JobReportReply, responses=_ERRORS)
+def report(job_id: int, body: JobReport, request: Request) -> JobReportReply:
+    """Progress, a batch of metrics and a heartbeat. 409 when this attempt is no longer the running one."""
+    progress = (body.progress.done, body.progress.total, body.progress.message) if body.progress else None
+    state = request.app.state.store.jobs.report(
+        job_id, body.attempt, progress=progress, metrics=[m.model_dump() for m in body.metrics],
+        alive=body.alive)
+    return JobReportReply(state=state)
+
+
+@router.post("/jobs/{job_id}/finish", status_code=204, responses=_ERRORS)
+def finish(job_id: int, body: JobFinish, request: Request) -> None:
+    if body.state not in TERMINAL_STATES:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "state must be succeeded, failed or cancelled")
+    request.app.state.store.jobs.finish(job_id, body.attempt, body.state.value, result=body.result,
+                                        error=body.error)
+    if request.app.state.scheduler:
+        request.app.state.scheduler.wake()
+
+
+@router.post("/jobs/{job_id}/artifacts", response_model=Artifact, status_code=201, responses=_ERRORS)
+def add_artifact(job_id: int, body: ArtifactIn, request: Request) -> Artifact:
+    """Register a file the job wrote inside the workspace; the server hashes it itself."""
+    workspace = request.app.state.settings.workspace.resolve()
+    path = (workspace / body.path).resolve()
+    if not path.is_relative_to(workspace):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{body.path} is outside the workspace")
+    if not path.is_file():
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{body.path} is not a file")
+    artifact_id = request.app.state.store.jobs.add_artifact(
+        job_id, body.attempt, body.kind, path.relative_to(workspace).as_posix(), sha256_file(path),
+        path.stat().st_size)
+    return next(Artifact(**a) for a in request.app.state.store.jobs.artifacts(job_id) if a["id"] == artifact_id)

@@ -1,0 +1,82 @@
+"""The job process: `python -m engine.jobs.run JOB_ID` (or under `accelerate launch` for several processes).
+
+Started by the scheduler with DERMAE_API_URL, DERMAE_API_TOKEN and DERMAE_WORKSPACE set. It fetches the job,
+validates its parameters, runs the recipe with a `JobContext`, and reports how it ended. Under accelerate only
+rank 0 reports; the other ranks compute.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+
+from engine.client import Client
+from engine.jobs.context import JobContext, Reporter, Stopped
+from engine.recipes.registry import get_kind
+from engine.settings import Settings
+
+EXIT_ORPHANED = 3  # the engine is gone or has given this attempt up: nobody to report to
+
+
+def job_work_dir(settings: Settings, job_id: int):
+    return settings.workspace / "jobs" / str(job_id)
+
+
+def main(job_id: int) -> int:
+    settings = Settings.from_env()
+    client = Client.from_settings(settings)
+    job = client.job(job_id)
+    kind = get_kind(job.kind)
+    params = kind.params.model_validate(job.params)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    print(f"job {job.id} ({job.kind}) attempt {job.attempt}, pid {os.getpid()}, rank "
+          f"{os.environ.get('RANK', '0')}/{os.environ.get('WORLD_SIZE', '1')}", flush=True)
+
+    ctx = JobContext(job_id=job.id, attempt=job.attempt, work_dir=job_work_dir(settings, job.id),
+                     workspace=settings.workspace, is_main=is_main)
+    reporter = None
+    if is_main:
+        reporter = Reporter(client, job.id, job.attempt, on_stop=ctx.request_stop,
+                            interval=float(os.environ.get("DERMAE_REPORT_INTERVAL", "1.0")),
+                            orphan_timeout=float(os.environ.get("DERMAE_ORPHAN_TIMEOUT", "30")))
+        ctx.reporter = reporter
+        reporter.start()
+    signal.signal(signal.SIGTERM, lambda *_: ctx.request_stop("SIGTERM"))
+
+    state, result, error = "succeeded", None, None
+    try:
+        result = kind.run(params, ctx)
+        if ctx.stop_reason and result is None:
+            state = "cancelled"
+    except Stopped as e:
+        state, error = "cancelled", str(e)
+    except Exception as e:
+        traceback.print_exc()
+        state, error = "failed", f"{type(e).__name__}: {e}"
+    finally:
+        if reporter:
+            reporter.close()
+
+    if ctx.stop_reason and ctx.stop_reason != "the job was cancelled" and state != "succeeded":
+        # stopped by SIGTERM from a recovering server, or orphaned: the engine decides what comes next
+        print(f"stopped ({ctx.stop_reason}); not reporting an end", flush=True)
+        return EXIT_ORPHANED
+    if not is_main:
+        return 0 if state == "succeeded" else 1
+    from engine.client import ApiError
+
+    try:
+        client.finish_job(job.id, job.attempt, state, result=result, error=error)
+    except ApiError as e:
+        print(f"could not report the end of the job: {e}", file=sys.stderr, flush=True)
+        return EXIT_ORPHANED
+    print(f"job {job.id} {state}" + (f": {error}" if error else ""), flush=True)
+    return 0 if state == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
+        sys.exit("usage: python -m engine.jobs.run JOB_ID")
+    sys.exit(main(int(sys.argv[1])))
