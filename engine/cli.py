@@ -293,9 +293,9 @@ def _follow(client, job_id: int) -> int:
         offset = chunk.offset
         if job.progress.total:
             if bar is None:
-                bar = tqdm(total=job.progress.total, desc=f"job {job_id}", unit="step")
-            bar.total = job.progress.total
-            bar.n = job.progress.done or 0
+                bar = tqdm(total=int(job.progress.total), desc=f"job {job_id}", unit="step")
+            bar.total = int(job.progress.total)
+            bar.n = int(job.progress.done or 0)
             bar.set_postfix_str(job.progress.message or "", refresh=False)
             bar.refresh()
         if job.state.value in ("succeeded", "failed", "cancelled") and chunk.finished:

@@ -59,7 +59,7 @@ def serve(settings: Settings, host: str, port: int, log_level: str = "info",
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stop)
     try:
-        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
+        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=False))
         server.run(sockets=[sock])
     except _Stopped:
         pass
