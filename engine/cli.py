@@ -222,6 +222,33 @@ def submit(
         raise typer.Exit(_follow(client, job.id))
 
 
+@app.command()
+def pipeline(
+    name: Annotated[str, typer.Argument(help="generator: reference classifier, VAE, LDM, generate, score.")],
+    profile: Annotated[str, typer.Option(help="smoke | tiny | paper (configs/).")] = "tiny",
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow each job with a progress bar.")] = False,
+    workspace: Workspace = None,
+) -> None:
+    """Submit a named chain of jobs with the profile's parameters; prints the pipeline run id."""
+    from engine.pipelines import PIPELINES
+    from engine.profiles import load_profile
+
+    if name not in PIPELINES:
+        _fail(f"unknown pipeline {name!r}; choose one of {', '.join(PIPELINES)}", code=2)
+    try:
+        submission = PIPELINES[name](load_profile(profile))
+    except ValueError as e:
+        _fail(str(e), code=2)
+    client = _client(workspace)
+    run = _call(client.submit_pipeline, submission)
+    typer.echo(run.id)
+    for job in run.jobs:
+        typer.echo(f"  job {job.id:>5}  {job.pipeline_key:<22} {job.kind}", err=True)
+    if follow:
+        codes = [_follow(client, job.id) for job in run.jobs]
+        raise typer.Exit(max(codes))
+
+
 def _job_row(job) -> str:
     fraction = job.progress.fraction
     progress = f"{100 * fraction:5.1f}%" if fraction is not None else "     -"

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any
 
@@ -27,10 +28,13 @@ from engine.schemas import (
     JobPage,
     JobSubmit,
     LogChunk,
+    ManifestItem,
     MetricSeries,
     PipelineInfo,
     PipelineSubmit,
+    ScoresIn,
     Stats,
+    SyntheticBatchIn,
 )
 from engine.settings import Settings, api_token, api_url
 
@@ -204,6 +208,22 @@ class Client:
                    error: str | None = None) -> None:
         self._request("POST", f"/jobs/{job_id}/finish",
                       json={"attempt": attempt, "state": state, "result": result, "error": error})
+
+    def add_synthetic(self, job_id: int, attempt: int, images: list[dict[str, Any]]) -> list[str]:
+        """Upload generated images: dicts of png (bytes), label, seed, guidance, steps, checkpoint."""
+        encoded = [{**im, "png": base64.b64encode(im["png"])} for im in images]  # Base64Bytes takes base64
+        body = SyntheticBatchIn(attempt=attempt, images=encoded).model_dump(mode="json")
+        return self._request("POST", f"/jobs/{job_id}/synthetic", json=body).json()["ids"]
+
+    def add_scores(self, job_id: int, attempt: int, scores: list[dict[str, Any]]) -> None:
+        body = ScoresIn(attempt=attempt, scores=scores).model_dump(mode="json")
+        self._request("POST", f"/jobs/{job_id}/scores", json=body)
+
+    def manifest(self, *, source: str = "real", split: str | None = None, status: str | None = None,
+                 generation_job: int | None = None) -> list[ManifestItem]:
+        params = {k: v for k, v in dict(source=source, split=split, status=status,
+                                        generation_job=generation_job).items() if v is not None}
+        return [ManifestItem.model_validate(m) for m in self._request("GET", "/images/manifest", params=params).json()]
 
     def add_artifact(self, job_id: int, attempt: int, path: str, kind: str) -> Artifact:
         response = self._request("POST", f"/jobs/{job_id}/artifacts",

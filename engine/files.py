@@ -27,3 +27,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sha256_path(path: Path) -> tuple[str, int]:
+    """(SHA-256, size in bytes) of a file, or of a folder: the hash of its sorted (relative path, file hash)."""
+    if path.is_file():
+        return sha256_file(path), path.stat().st_size
+    digest, size = hashlib.sha256(), 0
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        digest.update(f"{p.relative_to(path).as_posix()}\0{sha256_file(p)}\n".encode())
+        size += p.stat().st_size
+    return digest.hexdigest(), size

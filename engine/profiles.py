@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PROFILES = ("smoke", "tiny", "paper")
@@ -21,6 +22,10 @@ class DataProfile:
 class Profile:
     name: str
     data: DataProfile
+    jobs: dict[str, dict[str, Any]]  # job kind -> parameters, validated against the kind's Params
+
+    def params(self, kind: str, **overrides: Any) -> dict[str, Any]:
+        return {**self.jobs.get(kind, {}), **overrides}
 
 
 def load_profile(name: str, config_dir: Path = CONFIG_DIR) -> Profile:
@@ -34,4 +39,17 @@ def load_profile(name: str, config_dir: Path = CONFIG_DIR) -> Profile:
     if set(section) != expected:
         raise ValueError(f"{path}: [data] must set exactly {', '.join(sorted(expected))}; "
                          f"missing {sorted(expected - set(section))}, unknown {sorted(set(section) - expected)}")
-    return Profile(name=name, data=DataProfile(**section))
+    from pydantic import ValidationError
+
+    from engine.recipes.registry import UnknownKind, get_kind
+
+    jobs = raw.get("jobs", {})
+    for kind, params in jobs.items():
+        try:
+            get_kind(kind).params.model_validate(params)
+        except (UnknownKind, ValidationError) as e:
+            raise ValueError(f"{path}: [jobs.{kind}]: {e}") from None
+    unknown = sorted(set(raw) - {"data", "jobs"})
+    if unknown:
+        raise ValueError(f"{path}: unknown section(s) {unknown}")
+    return Profile(name=name, data=DataProfile(**section), jobs=jobs)

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Base64Bytes, BaseModel, Field, model_validator
 
 ClassCounts = dict[str, int]
 
@@ -81,6 +81,50 @@ class ImageInfo(BaseModel):
     metadata: dict[str, Any] = {}
     duplicate_of: str | None
     created_at: datetime
+    generation_job: int | None = None
+    seed: int | None = None
+    guidance: float | None = None
+    steps: int | None = None
+    checkpoint: str | None = None
+
+
+class ManifestItem(BaseModel):
+    id: str
+    label: str
+    split: str | None
+    path: str = Field(description="Relative to the workspace's images folder.")
+    lesion_id: str | None
+    source: str
+
+
+class SyntheticImageIn(BaseModel, extra="forbid"):
+    png: Base64Bytes = Field(description="The generated image, PNG, base64.")
+    label: str = Field(pattern=r"^(akiec|bcc|bkl|df|mel|nv|vasc)$")
+    seed: int
+    guidance: float
+    steps: int
+    checkpoint: str = Field(max_length=500)
+
+
+class SyntheticBatchIn(BaseModel, extra="forbid"):
+    attempt: int
+    images: list[SyntheticImageIn] = Field(min_length=1, max_length=1024)
+
+
+class SyntheticBatchResult(BaseModel):
+    ids: list[str]
+
+
+class ScoreIn(BaseModel, extra="forbid"):
+    image_id: str = Field(pattern=r"^[0-9a-f]{64}$")
+    name: str = Field(pattern=r"^[a-z0-9_]{1,64}$")
+    value: float | None
+    ref: str | None = Field(None, max_length=200, description="A related id, e.g. the nearest real image.")
+
+
+class ScoresIn(BaseModel, extra="forbid"):
+    attempt: int
+    scores: list[ScoreIn] = Field(max_length=200_000)
 
 
 class ImagePage(BaseModel):

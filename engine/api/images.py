@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.responses import FileResponse
 
 from engine.data.images import ImageStore
-from engine.schemas import ImageInfo, ImagePage, Stats
+from engine.schemas import ImageInfo, ImagePage, ManifestItem, Stats
 
 router = APIRouter(tags=["images"])
 
@@ -24,6 +24,20 @@ def stats(request: Request) -> Stats:
     """Counts per source × split (real) or review status (synthetic) × class."""
     images = request.app.state.store.images
     return Stats(**images.stats(), phantom=images.has_phantom())
+
+
+@router.get("/images/manifest", response_model=list[ManifestItem])
+def manifest(
+    request: Request,
+    source: Annotated[str, Query(pattern=r"^(real|synthetic)$")] = "real",
+    split: Annotated[str | None, Query(pattern=r"^(train|val|test)$")] = None,
+    status: Annotated[str | None, Query(pattern=r"^(pending|accepted|rejected)$")] = None,
+    generation_job: Annotated[int | None, Query(ge=1)] = None,
+) -> list[ManifestItem]:
+    """Every matching image with its file path, in a stable order: what a training job reads."""
+    rows = request.app.state.store.images.manifest(source=source, split=split, status=status,
+                                                    generation_job=generation_job)
+    return [ManifestItem(**r) for r in rows]
 
 
 @router.get("/images", response_model=ImagePage)

@@ -6,7 +6,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import ValidationError
 
-from engine.files import sha256_file
+from engine.data.images import ImageStore
+from engine.data.ingest import ingest
+from engine.data.sources import SourceRecord
+from engine.files import sha256_path
 from engine.jobs.scheduler import log_path
 from engine.recipes.registry import KINDS, UnknownKind, get_kind
 from engine.schemas import (
@@ -27,6 +30,9 @@ from engine.schemas import (
     PipelineSubmit,
     Problem,
     Progress,
+    ScoresIn,
+    SyntheticBatchIn,
+    SyntheticBatchResult,
 )
 from engine.store import UnknownJob
 
@@ -76,10 +82,24 @@ def job_kinds() -> list[JobKindInfo]:
             for k in KINDS.values()]
 
 
+def _with_follow_ups(specs: list[dict]) -> list[dict]:
+    """After each job of a kind with a `then` (generate -> score), a job of that kind waiting on it."""
+    out = []
+    for i, spec in enumerate(specs):
+        key = spec.get("pipeline_key") or f"{spec['kind']}-{i}"
+        out.append(spec | {"pipeline_key": key})
+        then = get_kind(spec["kind"]).then
+        if then:
+            out.append({"kind": then, "params": _validated(then, {}), "after_keys": [key],
+                        "pipeline_key": f"{key}.{then}"})
+    return out
+
+
 @router.post("/jobs", response_model=JobInfo, status_code=201, responses=_ERRORS)
 def submit_job(body: JobSubmit, request: Request) -> JobInfo:
+    """Queue a job. A generate job brings a score job that waits on it."""
     spec = body.model_dump() | {"params": _validated(body.kind, body.params)}
-    (job_id,) = _create(request, [spec], None)
+    job_id = _create(request, _with_follow_ups([spec]), None)[0]
     return _info(_job(request, job_id))
 
 
@@ -93,7 +113,7 @@ def submit_pipeline(body: PipelineSubmit, request: Request) -> PipelineInfo:
                                                   "params": _validated(step.kind, step.params)}
              for step in body.steps]
     pipeline_id = f"{body.name}-{uuid.uuid4().hex[:8]}"
-    _create(request, specs, pipeline_id)
+    _create(request, _with_follow_ups(specs), pipeline_id)
     return get_pipeline(pipeline_id, request)
 
 
@@ -211,14 +231,43 @@ def finish(job_id: int, body: JobFinish, request: Request) -> None:
 
 @router.post("/jobs/{job_id}/artifacts", response_model=Artifact, status_code=201, responses=_ERRORS)
 def add_artifact(job_id: int, body: ArtifactIn, request: Request) -> Artifact:
-    """Register a file the job wrote inside the workspace; the server hashes it itself."""
+    """Register a file or folder (a saved model) the job wrote inside the workspace; the server hashes it."""
     workspace = request.app.state.settings.workspace.resolve()
     path = (workspace / body.path).resolve()
     if not path.is_relative_to(workspace):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{body.path} is outside the workspace")
-    if not path.is_file():
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{body.path} is not a file")
+    if not path.exists():
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{body.path} does not exist")
+    digest, size = sha256_path(path)
     artifact_id = request.app.state.store.jobs.add_artifact(
-        job_id, body.attempt, body.kind, path.relative_to(workspace).as_posix(), sha256_file(path),
-        path.stat().st_size)
+        job_id, body.attempt, body.kind, path.relative_to(workspace).as_posix(), digest, size)
     return next(Artifact(**a) for a in request.app.state.store.jobs.artifacts(job_id) if a["id"] == artifact_id)
+
+
+@router.post("/jobs/{job_id}/synthetic", response_model=SyntheticBatchResult, status_code=201, responses=_ERRORS)
+def add_synthetic(job_id: int, body: SyntheticBatchIn, request: Request) -> SyntheticBatchResult:
+    """Generated images with their provenance, stored as synthetic images pending review (all or none)."""
+    store, settings = request.app.state.store, request.app.state.settings
+    store.jobs.assert_running(job_id, body.attempt)
+    records = [
+        SourceRecord(name=f"job {job_id} seed {im.seed}", label=im.label, read=(lambda data=im.png: data),
+                     metadata={"generator": "ldm"},
+                     provenance={"generation_job": job_id, "seed": im.seed, "guidance": im.guidance,
+                                 "steps": im.steps, "checkpoint": im.checkpoint})
+        for im in body.images
+    ]
+    result = ingest(records, batch_id=None, source="synthetic", images=ImageStore(settings.images_dir),
+                    thumbs=ImageStore(settings.thumbs_dir), existing_counts=store.images.existing_counts,
+                    commit=store.images.add_rows)
+    return SyntheticBatchResult(ids=[r["id"] for r in result.rows])
+
+
+@router.post("/jobs/{job_id}/scores", status_code=204, responses=_ERRORS)
+def add_scores(job_id: int, body: ScoresIn, request: Request) -> None:
+    """Named numbers per image (intended-class probability, nearest-real distance …); replaces earlier ones."""
+    store = request.app.state.store
+    store.jobs.assert_running(job_id, body.attempt)
+    try:
+        store.images.set_scores(job_id, [s.model_dump() for s in body.scores])
+    except KeyError as e:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(e.args[0])) from None

@@ -64,7 +64,8 @@ def _store_one(record: SourceRecord, images: ImageStore, thumbs: ImageStore,
 def ingest(
     records: list[SourceRecord],
     *,
-    batch_id: str,
+    batch_id: str | None,
+    source: str = "real",
     images: ImageStore,
     thumbs: ImageStore,
     existing_counts: Callable[[list[str]], dict[str, int]],
@@ -72,7 +73,8 @@ def ingest(
     split_seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> IngestResult:
-    """Store `records` as real images of batch `batch_id`; see the module doc for the guarantees."""
+    """Store `records` as `source` images (of import batch `batch_id`); see the module doc for the guarantees.
+    Real images without a split get a lesion-aware one; synthetic images have none."""
     if not records:
         raise SourceError("the source holds no images")
     created: list[str] = []
@@ -99,7 +101,7 @@ def ingest(
             problems.sort()
             raise SourceError(f"{len(problems)} of {len(records)} images are unusable; nothing was imported",
                               problems)
-        rows = _rows(records, [s for s in stored if s is not None], batch_id, existing_counts, split_seed)
+        rows = _rows(records, [s for s in stored if s is not None], batch_id, source, existing_counts, split_seed)
         commit(rows)
     except BaseException:
         undo()
@@ -107,9 +109,11 @@ def ingest(
     return IngestResult(len(records), rows)
 
 
-def _rows(records: list[SourceRecord], stored: list[StoredFile], batch_id: str,
+def _rows(records: list[SourceRecord], stored: list[StoredFile], batch_id: str | None, source: str,
           existing_counts: Callable[[list[str]], dict[str, int]], split_seed: int) -> list[dict]:
-    if any(r.split is None for r in records):
+    if source == "synthetic":
+        splits = [None] * len(records)
+    elif any(r.split is None for r in records):
         splits = lesion_aware_split([r.label for r in records], [r.lesion_id for r in records], seed=split_seed)
     else:
         splits = [r.split for r in records]
@@ -125,10 +129,10 @@ def _rows(records: list[SourceRecord], stored: list[StoredFile], batch_id: str,
         row_id = file.content_id if k == 0 else hashlib.sha256(f"{file.content_id}#{k}".encode()).hexdigest()
         rows.append({
             "id": row_id, "content_id": file.content_id, "path": file.path, "thumb_path": file.thumb_path,
-            "label": record.label, "source": "real", "split": split, "lesion_id": record.lesion_id,
+            "label": record.label, "source": source, "split": split, "lesion_id": record.lesion_id,
             "width": file.width, "height": file.height, "format": file.format, "size_bytes": file.size_bytes,
             "import_batch": batch_id, "original_name": record.name,
             "metadata": json.dumps(record.metadata, sort_keys=True),
-            "duplicate_of": file.content_id if k else None, "created_at": now,
+            "duplicate_of": file.content_id if k else None, "created_at": now, **record.provenance,
         })
     return rows

@@ -27,8 +27,11 @@ class Stopped(Exception):
 
 class JobContext:
     def __init__(self, *, job_id: int, attempt: int, work_dir: Path, workspace: Path,
-                 reporter: Reporter | None = None, is_main: bool = True):
+                 reporter: Reporter | None = None, is_main: bool = True, api: Any = None,
+                 after: list[int] | None = None):
         self.job_id = job_id
+        self.api = api  # engine.client.Client: read data and other jobs' artifacts through the API
+        self.after = after or []  # the jobs this one waited on
         self.attempt = attempt
         self.work_dir = work_dir
         self.workspace = workspace
@@ -56,11 +59,14 @@ class JobContext:
             self.reporter.touch()
 
     def save_artifact(self, path: str | Path, kind: str) -> Path:
-        """Register a file as an artifact of this job; a file outside the workspace is copied in first."""
+        """Register a file or folder as an artifact of this job; one outside the workspace is copied in first."""
         source = Path(path).resolve()
         if not source.is_relative_to(self.workspace.resolve()):
             target = self.artifact_dir / source.name
-            shutil.copy2(source, target)
+            if source.is_dir():
+                shutil.copytree(source, target, dirs_exist_ok=True)
+            else:
+                shutil.copy2(source, target)
             source = target
         if self.reporter:
             self.reporter.flush()

@@ -35,7 +35,7 @@ def main(job_id: int) -> int:
           f"{os.environ.get('RANK', '0')}/{os.environ.get('WORLD_SIZE', '1')}", flush=True)
 
     ctx = JobContext(job_id=job.id, attempt=job.attempt, work_dir=job_work_dir(settings, job.id),
-                     workspace=settings.workspace, is_main=is_main)
+                     workspace=settings.workspace, is_main=is_main, api=client, after=job.after)
     reporter = None
     if is_main:
         reporter = Reporter(client, job.id, job.attempt, on_stop=ctx.request_stop,

@@ -14,6 +14,7 @@ they are re-queued (resuming from their checkpoints) while attempts remain.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -168,6 +169,9 @@ class Scheduler:
     def _launch(self, job: dict) -> None:
         env = {"DERMAE_API_URL": self.api_url, "DERMAE_API_TOKEN": self.api_token,
                "DERMAE_WORKSPACE": str(self.settings.workspace), "PYTHONUNBUFFERED": "1"}
+        if "OMP_NUM_THREADS" not in os.environ:
+            # Share the cores between concurrent jobs: oversubscribed OpenMP threads spin and run many times slower.
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.config.max_concurrent))
         try:
             launched = self.executor.launch(job["id"], job["attempt"], job["num_processes"],
                                             log_path(self.settings, job["id"]), env)

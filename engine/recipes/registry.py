@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from engine.recipes import selftest
+from engine.recipes import finetune_sd, generate, score, selftest, train_ldm, train_reference, train_vae
 
 
 @dataclass(frozen=True)
@@ -17,11 +17,13 @@ class JobKind:
     params: type[BaseModel]
     run: Callable[[Any, Any], Any]
     description: str
+    then: str | None = None  # a kind the engine queues after each job of this kind (generate -> score)
 
 
-_MODULES = [selftest]
+_MODULES = [selftest, train_reference, train_vae, train_ldm, finetune_sd, generate, score]
 KINDS: dict[str, JobKind] = {
-    m.KIND: JobKind(m.KIND, m.Params, m.run, (m.__doc__ or "").strip().splitlines()[0]) for m in _MODULES
+    m.KIND: JobKind(m.KIND, m.Params, m.run, (m.__doc__ or "").strip().splitlines()[0], getattr(m, "THEN", None))
+    for m in _MODULES
 }
 
 

@@ -35,7 +35,8 @@ WHERE i.source = 'synthetic'
 
 IMAGE_COLUMNS = ("id", "content_id", "path", "thumb_path", "label", "source", "split", "lesion_id", "width",
                  "height", "format", "size_bytes", "import_batch", "original_name", "metadata", "duplicate_of",
-                 "created_at")
+                 "created_at", "generation_job", "seed", "guidance", "steps", "checkpoint")
+MANIFEST_COLUMNS = ("id", "label", "split", "path", "lesion_id", "source")
 
 
 def _now() -> datetime:
@@ -66,6 +67,68 @@ class ImageQueries:
             if rows:
                 cur.register("batch_rows", pa.Table.from_pylist(rows))
                 cur.execute("INSERT INTO images BY NAME SELECT * FROM batch_rows")
+
+    def add_rows(self, rows: list[dict]) -> None:
+        """Insert image rows (synthetic images from a generation job) in one transaction."""
+        if not rows:
+            return
+        with self.db.transaction() as cur:
+            cur.register("new_rows", pa.Table.from_pylist(rows))
+            cur.execute("INSERT INTO images BY NAME SELECT * FROM new_rows")
+            cur.unregister("new_rows")
+
+    def manifest(self, *, source: str, split: str | None = None, status: str | None = None,
+                 generation_job: int | None = None, accepts_needed: int = 1) -> list[dict[str, Any]]:
+        """(id, label, split, path, lesion_id, source) of every matching image, in a stable order: what a job
+        needs to build its training arrays. `status` (synthetic only): pending, accepted or rejected."""
+        where, params = ["i.source = ?"], [source]
+        if split is not None:
+            where.append("i.split = ?")
+            params.append(split)
+        if generation_job is not None:
+            where.append("i.generation_job = ?")
+            params.append(generation_job)
+        join = ""
+        if status is not None:
+            join = f"JOIN ({_REVIEW_STATUS_SQL}) r ON r.id = i.id"
+            where.append("r.status = ?")
+            params = [accepts_needed, *params, status]
+        cur = self.db.cursor().execute(
+            f"SELECT {', '.join('i.' + c for c in MANIFEST_COLUMNS)} FROM images i {join} "
+            f"WHERE {' AND '.join(where)} ORDER BY i.id", params)
+        return [dict(zip(MANIFEST_COLUMNS, row, strict=True)) for row in cur.fetchall()]
+
+    def set_scores(self, job_id: int, scores: list[dict[str, Any]]) -> None:
+        """Upsert named scores per image (a re-run of a score job replaces its numbers)."""
+        if not scores:
+            return
+        now = _now()
+        table = pa.table({
+            "image_id": [s["image_id"] for s in scores], "name": [s["name"] for s in scores],
+            "value": [s["value"] for s in scores], "ref": [s.get("ref") for s in scores],
+            "job_id": [str(job_id)] * len(scores), "created_at": [now] * len(scores),
+        })
+        with self.db.transaction() as cur:
+            cur.register("new_scores", table)
+            unknown = cur.execute("SELECT count(*) FROM (SELECT DISTINCT image_id FROM new_scores) s "
+                                  "WHERE s.image_id NOT IN (SELECT id FROM images)").fetchone()[0]
+            if unknown:
+                raise KeyError(f"{unknown} scored image id(s) are not in the database")
+            cur.execute("INSERT OR REPLACE INTO scores SELECT * FROM new_scores")
+            cur.unregister("new_scores")
+
+    def scores(self, image_ids: list[str]) -> dict[str, dict[str, tuple[float | None, str | None]]]:
+        """{image_id: {name: (value, ref)}} for the given images."""
+        if not image_ids:
+            return {}
+        cur = self.db.cursor()
+        cur.register("wanted_ids", pa.table({"image_id": image_ids}))
+        rows = cur.execute("SELECT s.image_id, s.name, s.value, s.ref FROM scores s JOIN wanted_ids USING (image_id)"
+                           ).fetchall()
+        out: dict[str, dict[str, tuple[float | None, str | None]]] = {}
+        for image_id, name, value, ref in rows:
+            out.setdefault(image_id, {})[name] = (value, ref)
+        return out
 
     def batches(self) -> list[dict[str, Any]]:
         cur = self.db.cursor().execute("SELECT * FROM import_batches ORDER BY created_at DESC")

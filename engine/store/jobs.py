@@ -174,6 +174,10 @@ class JobQueries:
                               f"attempt {row[1]})")
         return row[0]
 
+    def assert_running(self, job_id: int, attempt: int) -> None:
+        """Raise JobConflict unless `attempt` is the job's running attempt (before writing what it sent)."""
+        self._live(self.db.cursor(), job_id, attempt)
+
     def report(self, job_id: int, attempt: int, *, progress: tuple[float, float, str | None] | None,
                metrics: list[dict[str, Any]], alive: bool) -> str:
         """Progress, a batch of metrics and a heartbeat in one transaction. Returns the job's state, so the

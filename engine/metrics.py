@@ -1,0 +1,205 @@
+"""Quality metrics for a synthetic image set, measured against the real set it imitates.
+
+Pure functions on numpy arrays: feature matrices of shape (N, D), in whatever embedding the caller picks, or uint8
+images of shape (N, H, W, 3). Fidelity and diversity: `frechet_distance`, `precision_recall`, `density_coverage`.
+Memorisation: `nearest` synthetic-to-real distances, judged against `near_copy_threshold`. Redundancy inside one set:
+`near_duplicate_groups`. Blur: `sharpness`. Distances are Euclidean, computed in float64 one bounded block at a time
+(about 16M distances, 128 MiB, at most), so 10,000 x 10,000 never materialises as one matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator, Sequence
+
+import numpy as np
+from scipy import linalg
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+_BLOCK_CELLS = 1 << 24  # most float64 distances held at once
+_GREY = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luma weights
+
+
+def _feats(x: np.ndarray, name: str, min_rows: int = 1) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be an (N, D) feature matrix, got shape {a.shape}")
+    if len(a) < min_rows:
+        raise ValueError(f"{name} needs at least {min_rows} rows, got {len(a)}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return a
+
+
+def _same_width(a: np.ndarray, b: np.ndarray, names: str) -> None:
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{names} have different feature widths: {a.shape[1]} vs {b.shape[1]}")
+
+
+def _distance_blocks(queries: np.ndarray, refs: np.ndarray, chunk: int = 4096) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield (rows, d) with d[i, j] = ||queries[rows][i] - refs[j]||, at most `chunk` query rows at a time."""
+    step = max(1, min(chunk, _BLOCK_CELLS // max(1, len(refs))))
+    ref_sq = np.einsum("ij,ij->i", refs, refs)
+    for start in range(0, len(queries), step):
+        q = queries[start : start + step]
+        d = q @ refs.T
+        d *= -2.0
+        d += np.einsum("ij,ij->i", q, q)[:, None]
+        d += ref_sq[None, :]
+        np.maximum(d, 0.0, out=d)
+        yield slice(start, start + len(q)), np.sqrt(d, out=d)
+
+
+def _knn_radii(x: np.ndarray, k: int, name: str) -> np.ndarray:
+    """(N,) distance from each row of `x` to its k-th nearest other row."""
+    if not 1 <= k < len(x):
+        raise ValueError(f"k={k} needs 1 <= k < rows of {name} ({len(x)})")
+    radii = np.empty(len(x))
+    for rows, d in _distance_blocks(x, x):
+        radii[rows] = np.partition(d, k, axis=1)[:, k]  # order statistic 0 is the row itself
+    return radii
+
+
+def _ball_counts(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, strict: bool) -> np.ndarray:
+    """(len(points),) how many balls B(centres[j], radii[j]) contain each point."""
+    counts = np.empty(len(points), dtype=np.int64)
+    for rows, d in _distance_blocks(points, centres):
+        counts[rows] = (d < radii if strict else d <= radii).sum(axis=1)
+    return counts
+
+
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6) -> float:
+    """Fréchet distance between Gaussians fitted to (N, D) and (M, D) features: FID in the caller's feature space.
+
+    Follows pytorch-fid: if sqrtm(cov_a @ cov_b) is not finite (singular covariances, e.g. N < D), retry with eps*I
+    added to both; a complex result with a negligible imaginary part keeps its real part. Tiny negative results
+    from round-off are returned as 0.0. Raises ValueError when either set has fewer than 2 rows.
+    """
+    a, b = _feats(feats_a, "feats_a", min_rows=2), _feats(feats_b, "feats_b", min_rows=2)
+    _same_width(a, b, "feats_a and feats_b")
+    diff = a.mean(axis=0) - b.mean(axis=0)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    covmean = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(len(cov_a)) * eps
+        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0.0, atol=1e-3):
+            worst = np.abs(covmean.imag).max()
+            raise ValueError(f"sqrtm of the covariance product has imaginary part up to {worst:.3g}; not a valid FD")
+        covmean = covmean.real
+    fd = diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean)
+    return max(float(fd), 0.0)
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) of (M, D) `fake` against (N, D) `real`.
+
+    Precision: share of fake rows inside some real row's k-NN ball (radius = distance to its k-th nearest real
+    neighbour, boundary included). Recall: share of real rows inside some fake row's k-NN ball. Needs k < N and k < M.
+    """
+    r, f = _feats(real, "real"), _feats(fake, "fake")
+    _same_width(r, f, "real and fake")
+    precision = np.mean(_ball_counts(f, r, _knn_radii(r, k, "real"), strict=False) > 0)
+    recall = np.mean(_ball_counts(r, f, _knn_radii(f, k, "fake"), strict=False) > 0)
+    return float(precision), float(recall)
+
+
+def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020) of (M, D) `fake` against (N, D) `real`, using real k-NN balls only.
+
+    Density: real balls containing each fake row, averaged and divided by k (about 1 when fake matches real; can
+    exceed 1). Coverage: share of real rows whose ball contains at least one fake row. Open balls, as in the paper's
+    code, so `fake = real` gives (1.0, 1.0) up to float round-off on the k-th neighbour. Needs k < N.
+    """
+    r, f = _feats(real, "real"), _feats(fake, "fake")
+    _same_width(r, f, "real and fake")
+    radii = _knn_radii(r, k, "real")
+    density = _ball_counts(f, r, radii, strict=True).sum() / (k * len(f))
+    coverage = np.mean(nearest(r, f)[0] < radii)
+    return float(density), float(coverage)
+
+
+def nearest(queries: np.ndarray, references: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """For each (Q, D) query row, the Euclidean distance to its nearest (R, D) reference row and that row's index.
+
+    Returns float64 distances (Q,) and int64 indices (Q,); ties go to the lowest index. Works through the queries
+    `chunk` rows at a time (fewer when R is large) so memory stays bounded.
+    """
+    q, r = _feats(queries, "queries", min_rows=0), _feats(references, "references")
+    _same_width(q, r, "queries and references")
+    dist, index = np.empty(len(q)), np.empty(len(q), dtype=np.int64)
+    for rows, d in _distance_blocks(q, r, chunk):
+        index[rows] = d.argmin(axis=1)
+        dist[rows] = d[np.arange(len(d)), index[rows]]
+    return dist, index
+
+
+def near_copy_threshold(
+    real_feats: np.ndarray, groups: Sequence[Hashable | None] | None = None, quantile: float = 0.01
+) -> float:
+    """Distance below which a synthetic row is a likely memorised copy of a real one, calibrated on (N, D) reals.
+
+    For each real row, take the distance to its nearest other real row, skipping rows that share its group id
+    (e.g. lesion id: two photos of one lesion are legitimately close; None means no group); return `quantile` of
+    those distances. A row whose whole set of others shares its group has no candidate and is left out.
+    """
+    x = _feats(real_feats, "real_feats", min_rows=2)
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1], got {quantile}")
+    codes = np.full(len(x), -1, dtype=np.int64)
+    if groups is not None:
+        if len(groups) != len(x):
+            raise ValueError(f"groups has {len(groups)} entries for {len(x)} rows")
+        ids: dict[Hashable, int] = {}
+        codes = np.array([-1 if g is None else ids.setdefault(g, len(ids)) for g in groups], dtype=np.int64)
+    nn = np.empty(len(x))
+    for rows, d in _distance_blocks(x, x):
+        own = np.arange(rows.start, rows.stop)
+        d[own - rows.start, own] = np.inf
+        mine = codes[own, None]
+        d[(mine == codes[None, :]) & (mine >= 0)] = np.inf
+        nn[rows] = d.min(axis=1)
+    finite = nn[np.isfinite(nn)]
+    if not len(finite):
+        raise ValueError("no two real rows belong to different groups; nothing to calibrate on")
+    return float(np.quantile(finite, quantile))
+
+
+def near_duplicate_groups(feats: np.ndarray, threshold: float) -> np.ndarray:
+    """(N,) int64 group id per (N, D) row: rows closer than `threshold` are linked, transitively.
+
+    A row with no near duplicate gets -1; groups are numbered 0, 1, 2, ... in order of their first row.
+    """
+    x = _feats(feats, "feats")
+    src, dst = [], []
+    for rows, d in _distance_blocks(x, x):
+        i, j = np.nonzero(d < threshold)
+        i += rows.start
+        src.append(i[j > i])
+        dst.append(j[j > i])
+    i, j = np.concatenate(src), np.concatenate(dst)
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(len(x), len(x)))
+    _, labels = connected_components(graph, directed=False)
+    _, first_row = np.unique(labels, return_index=True)
+    multi = np.flatnonzero(np.bincount(labels) > 1)
+    new_id = np.full(len(first_row), -1, dtype=np.int64)
+    new_id[multi[np.argsort(first_row[multi])]] = np.arange(len(multi))
+    return new_id[labels]
+
+
+def sharpness(images: np.ndarray) -> np.ndarray:
+    """(N,) float64 variance of the 4-neighbour Laplacian of each grey-level image; higher is sharper.
+
+    `images` is (N, H, W, 3) RGB or (N, H, W) grey, H and W at least 3; values keep their scale (0..255 for uint8).
+    Only interior pixels are used, so borders add no artefacts.
+    """
+    imgs = np.asarray(images)
+    if imgs.ndim not in (3, 4) or (imgs.ndim == 4 and imgs.shape[-1] != 3) or min(imgs.shape[1:3]) < 3:
+        raise ValueError(f"images must be (N, H, W, 3) or (N, H, W) with H, W >= 3, got shape {imgs.shape}")
+    out = np.empty(len(imgs))
+    for n, img in enumerate(imgs):
+        g = img @ _GREY if img.ndim == 3 else img.astype(np.float64)
+        lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1]
+        out[n] = lap.var()
+    return out

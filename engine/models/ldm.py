@@ -1,0 +1,176 @@
+"""Class-conditional latent diffusion: a diffusers AutoencoderKL and a UNet2DModel with a class embedding.
+
+    images (B, 3, H, W) in [-1, 1] --VAE encoder--> latents (B, C, H/f, W/f) * scaling_factor
+    UNet(noisy latents, t, class) --> predicted noise;  class index `num_classes` is the null class
+    sample: DPM-Solver++ with classifier-free guidance, conditional and null passes in one forward
+
+Saved as a folder of diffusers parts (vae/, unet/, scheduler/) plus dermae_ldm.json; loads offline.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    channels: tuple[int, ...] = (32, 64)  # one downsampling per extra level: (32, 64) -> f=2
+    latent_channels: int = 4
+    layers_per_block: int = 1
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    channels: tuple[int, ...] = (64, 128, 128)
+    layers_per_block: int = 2
+    attention_levels: tuple[bool, ...] = (False, True, True)
+
+
+def build_vae(config: VAEConfig, image_size: int) -> AutoencoderKL:
+    levels = len(config.channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=config.latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=config.channels, layers_per_block=config.layers_per_block,
+        norm_num_groups=_groups(config.channels), sample_size=image_size,
+    )
+
+
+def _groups(channels: tuple[int, ...]) -> int:
+    """The largest GroupNorm group count (≤ 32) that divides every block width."""
+    return next(g for g in (32, 16, 8, 4, 2, 1) if all(c % g == 0 for c in channels))
+
+
+def build_unet(config: UNetConfig, latent_size: int, latent_channels: int, num_classes: int) -> UNet2DModel:
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in config.attention_levels)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.attention_levels))
+    return UNet2DModel(
+        sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
+        block_out_channels=config.channels, layers_per_block=config.layers_per_block,
+        down_block_types=down, up_block_types=up, norm_num_groups=_groups(config.channels),
+        attention_head_dim=32, num_class_embeds=num_classes + 1,  # + the null class for guidance
+    )
+
+
+def vae_loss(vae: AutoencoderKL, images: torch.Tensor, kl_weight: float = 1e-6) -> tuple[torch.Tensor, dict]:
+    """Reconstruction (L1 + MSE) + KL to N(0, I). images (B, 3, H, W) in [-1, 1]."""
+    posterior = vae.encode(images).latent_dist
+    reconstruction = vae.decode(posterior.sample()).sample
+    l1 = F.l1_loss(reconstruction, images)
+    mse = F.mse_loss(reconstruction, images)
+    kl = posterior.kl().mean() / images[0].numel()
+    return l1 + mse + kl_weight * kl, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+
+
+def new_noise_scheduler() -> DDPMScheduler:
+    # Cosine schedule: at 16x16 latents the linear one spends too many steps near pure noise.
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon")
+
+
+class LatentDiffusion(torch.nn.Module):
+    def __init__(self, vae: AutoencoderKL, unet: UNet2DModel, noise_scheduler: DDPMScheduler, num_classes: int,
+                 scaling_factor: float):
+        super().__init__()
+        self.vae = vae.requires_grad_(False).eval()
+        self.unet = unet
+        self.noise_scheduler = noise_scheduler
+        self.num_classes = num_classes
+        self.null_class = num_classes
+        self.scaling_factor = scaling_factor
+
+    @property
+    def image_size(self) -> int:
+        return int(self.vae.config.sample_size)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> scaled latents (B, C, H/f, W/f)."""
+        return self.vae.encode(images).latent_dist.sample(generator) * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> uint8 images (B, 3, H, W)."""
+        images = self.vae.decode(latents / self.scaling_factor).sample
+        return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+    def training_loss(self, latents: torch.Tensor, labels: torch.Tensor, cond_dropout: float = 0.1,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """Epsilon-prediction MSE on scaled latents; labels (B,) dropped to the null class w.p. cond_dropout."""
+        b = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=generator)
+        drop = torch.rand(b, generator=generator) < cond_dropout
+        labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        return F.mse_loss(self.unet(noisy, t, class_labels=labels).sample, noise)
+
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor, guidance_scale: float = 3.0, num_inference_steps: int = 25,
+               generator: torch.Generator | None = None, seeds: list[int] | None = None) -> torch.Tensor:
+        """uint8 images (B, 3, H, W) of classes `labels` (B,). One UNet forward per step covers both the
+        conditional and the null-class pass (batch 2B). DPM-Solver++ is deterministic, so an image is fixed by
+        its starting noise: with `seeds`, image i starts from noise seeded by seeds[i] and can be regenerated
+        alone from (model, class, seed, guidance, steps)."""
+        scheduler = DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config,
+                                                            algorithm_type="dpmsolver++")
+        scheduler.set_timesteps(num_inference_steps)
+        cfg = self.unet.config
+        shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+        if seeds is not None:
+            latents = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        else:
+            latents = torch.randn((len(labels), *shape), generator=generator)
+        device = next(self.unet.parameters()).device
+        latents, labels = latents.to(device), labels.to(device)
+        both = torch.cat([labels, torch.full_like(labels, self.null_class)])
+        for t in scheduler.timesteps:
+            eps = self.unet(torch.cat([latents, latents]), t, class_labels=both).sample
+            cond, uncond = eps.chunk(2)
+            latents = scheduler.step(uncond + guidance_scale * (cond - uncond), t, latents).prev_sample
+        return self.decode(latents)
+
+    def save_pretrained(self, path: Path) -> None:
+        path = Path(path)
+        self.vae.save_pretrained(path / "vae")
+        self.unet.save_pretrained(path / "unet")
+        self.noise_scheduler.save_pretrained(path / "scheduler")
+        (path / "dermae_ldm.json").write_text(json.dumps(
+            {"num_classes": self.num_classes, "scaling_factor": self.scaling_factor}))
+
+    @classmethod
+    def from_pretrained(cls, path: Path) -> LatentDiffusion:
+        path = Path(path)
+        meta_path = path / "dermae_ldm.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{path} is not a saved latent diffusion model (no dermae_ldm.json)")
+        meta = json.loads(meta_path.read_text())
+        vae = AutoencoderKL.from_pretrained(path / "vae", local_files_only=True)
+        unet = UNet2DModel.from_pretrained(path / "unet", local_files_only=True)
+        scheduler = DDPMScheduler.from_pretrained(path / "scheduler", local_files_only=True)
+        return cls(vae, unet, scheduler, meta["num_classes"], meta["scaling_factor"])
+
+
+def latent_scaling_factor(latents: torch.Tensor) -> float:
+    """1 / std of the unscaled latents, so the diffusion sees unit variance (as Stable Diffusion's 0.18215)."""
+    return float(1.0 / latents.float().std().clamp_min(1e-6))
+
+
+def config_dict(config: VAEConfig | UNetConfig) -> dict:
+    return asdict(config)
+
+
+def load_generator(path: Path) -> torch.nn.Module:
+    """A saved generator folder: our latent diffusion model, or a fine-tuned SD-style model (the paper path).
+    Both sample with `.sample(labels, guidance_scale, num_inference_steps, seeds=…)`."""
+    path = Path(path)
+    if (path / "dermae_sd.json").exists():
+        from engine.models.sd import ClassConditionedSD
+
+        return ClassConditionedSD.from_pretrained(path)
+    return LatentDiffusion.from_pretrained(path)

@@ -1,0 +1,47 @@
+"""What several recipes share: reading the real data through the API, finding other jobs' artifacts,
+class-balanced sampling, EMA weights, and the device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.data.tensors import labels_of, load_array
+from engine.jobs.context import JobContext
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def real_split(ctx: JobContext, split: str, size: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """uint8 images (N, size, size, 3), int labels (N,) and manifest items of a real split."""
+    items = [m.model_dump() for m in ctx.api.manifest(source="real", split=split)]
+    if not items:
+        raise RuntimeError(f"no real {split} images in the workspace: import data first (dermae import …)")
+    ctx.log(f"loading {len(items)} real {split} images at {size}px")
+    return load_array(ctx.workspace, items, size), labels_of(items), items
+
+
+def artifact_path(ctx: JobContext, kind: str, given: str | None, job_kind: str) -> Path:
+    """`given` if set; else the artifact `kind` of an upstream job, else of the newest succeeded `job_kind`."""
+    if given:
+        path = Path(given).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        return path
+    candidates = list(ctx.after) + [j.id for j in ctx.api.jobs(kind=job_kind, state="succeeded", limit=20).items]
+    for job_id in candidates:
+        for artifact in reversed(ctx.api.job_artifacts(job_id)):
+            if artifact.kind == kind:
+                return ctx.workspace / artifact.path
+    raise FileNotFoundError(f"no {kind} found: run a {job_kind} job first, or pass its path")
+
+
+def class_weights(labels: np.ndarray, exponent: float, num_classes: int) -> torch.Tensor:
+    """Per-sample sampling weights ∝ n_class^-exponent: 0 = natural frequencies, 1 = every class equally."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    per_class = np.where(counts > 0, counts, 1.0) ** -exponent
+    return torch.as_tensor(per_class[labels], dtype=torch.float64)

@@ -1,0 +1,101 @@
+"""generate: synthetic lesions for the classes that need them, stored as pending review with full provenance.
+
+Quotas come from the rebalance planner (real train + already accepted synthetic, up to a target). Images are made
+by DPM-Solver++ with classifier-free guidance (conditional and null passes in one forward), each from its own
+seed, so any image can be regenerated from its provenance. With `oversample` > 1, each batch of kept images is
+the best of oversample × as many candidates by the reference classifier's probability of the intended class
+(rejection sampling): images that do not carry their class's features are not worth a dermatologist's time.
+A score job runs after every generate job.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel, Field
+
+from engine.data.planner import TargetRule
+from engine.jobs.context import JobContext, Stopped
+
+KIND = "generate"
+THEN = "score"  # the engine queues a score job after each generate job
+
+
+class Params(BaseModel, extra="forbid"):
+    model: str | None = Field(None, description="Latent diffusion folder; default: upstream/latest train_ldm's.")
+    rule: TargetRule = Field(TargetRule.fixed, description="Target per class: majority, fixed or explicit.")
+    target: int | None = Field(600, ge=0, description="For the fixed rule: images per class in all.")
+    counts: dict[str, int] | None = Field(None, description="For the explicit rule: target per class.")
+    cap_per_class: int | None = Field(None, ge=0, description="At most this many new images per class.")
+    quotas: dict[str, int] | None = Field(None, description="Exact numbers to generate, bypassing the planner.")
+    guidance: float = Field(3.0, ge=0, le=20)
+    steps: int = Field(25, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=1024)
+    oversample: float = Field(1.0, ge=1, le=10, description="Candidates per kept image (rejection sampling).")
+    reference: str | None = Field(None, description="Reference classifier folder for oversampling.")
+    seed: int = Field(0, ge=0)
+
+
+def run(params: Params, ctx: JobContext) -> dict:
+    import math
+
+    import torch
+
+    from engine.data.labels import CLASSES
+    from engine.data.planner import plan_quotas
+    from engine.data.tensors import to_png_bytes
+    from engine.models.classifier import load_reference, predict
+    from engine.models.ldm import load_generator
+    from engine.recipes.common import artifact_path, device
+
+    model_dir = artifact_path(ctx, "ldm_model", params.model, "train_ldm")
+    model = load_generator(model_dir).to(device()).eval()
+    reference = None
+    if params.oversample > 1:
+        reference, _ = load_reference(artifact_path(ctx, "reference_classifier", params.reference,
+                                                    "train_reference"))
+
+    checkpoint = ctx.latest_checkpoint()
+    if checkpoint is not None:
+        state = json.loads((checkpoint.path / "state.json").read_text())
+        ctx.log(f"resuming: {state['done']}")
+    else:
+        if params.quotas is not None:
+            quotas = {c: params.quotas.get(c, 0) for c in CLASSES}
+        else:
+            stats = ctx.api.stats()
+            quotas = plan_quotas(stats.real["train"], stats.synthetic["accepted"], params.rule, params.target,
+                                 params.counts, params.cap_per_class)
+        state = {"quotas": quotas, "done": dict.fromkeys(CLASSES, 0), "candidates": dict.fromkeys(CLASSES, 0)}
+    quotas, done = state["quotas"], state["done"]
+    total = sum(quotas.values())
+    ctx.log("quotas: " + ", ".join(f"{c} {q}" for c, q in quotas.items()) + f" (total {total})")
+
+    # Seeds are disjoint per class and job seed: class k, candidate j -> base + k * 10^7 + j.
+    base = params.seed * 100_000_000
+    for k, cls in enumerate(CLASSES):
+        while done[cls] < quotas[cls]:
+            keep = min(params.batch_size, quotas[cls] - done[cls])
+            n = math.ceil(keep * params.oversample)
+            first = base + k * 10_000_000 + state["candidates"][cls]
+            seeds = list(range(first, first + n))
+            labels = torch.full((n,), k, dtype=torch.long)
+            images = model.sample(labels, params.guidance, params.steps, seeds=seeds)
+            chosen = list(range(n))
+            if reference is not None:
+                probs, _ = predict(reference, images.float() / 127.5 - 1)
+                chosen = probs[:, k].argsort(descending=True)[:keep].sort().values.tolist()
+            ctx.api.add_synthetic(ctx.job_id, ctx.attempt, [
+                {"png": to_png_bytes(images[i]), "label": cls, "seed": seeds[i], "guidance": params.guidance,
+                 "steps": params.steps, "checkpoint": str(model_dir)} for i in chosen[:keep]])
+            done[cls] += keep
+            state["candidates"][cls] += n
+            ctx.save_checkpoint(sum(done.values()),
+                                lambda folder, s=json.dumps(state): (folder / "state.json").write_text(s))
+            ctx.progress(sum(done.values()), total, f"{cls} {done[cls]}/{quotas[cls]}")
+            if ctx.should_stop():
+                raise Stopped(f"stopped after {sum(done.values())} of {total} images")
+    kept = sum(done.values())
+    candidates = sum(state["candidates"].values())
+    return {"quotas": quotas, "generated": kept, "candidates": candidates,
+            "kept_fraction": round(kept / candidates, 4) if candidates else None, "model": str(model_dir)}

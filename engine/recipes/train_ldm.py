@@ -1,0 +1,128 @@
+"""train_ldm: the class-conditional denoiser on the VAE's latents (diffusers UNet2DModel + class embedding).
+
+The train split is encoded once; each step draws a class-balanced batch (rare classes are what we generate, so
+they must be learned as well as nv), flips/rotates the latents, drops ~10% of labels to the null class for
+classifier-free guidance, and takes an epsilon-prediction step on the cosine DDPM schedule. EMA weights are what
+gets saved and sampled. A per-class sample grid (a row per class) is logged as training goes.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from engine.jobs.context import JobContext, Stopped
+
+KIND = "train_ldm"
+
+
+class Params(BaseModel, extra="forbid"):
+    vae: str | None = Field(None, description="VAE folder; default: the upstream train_vae job's.")
+    channels: list[int] = Field([64, 128, 128], min_length=1, max_length=5)
+    attention: list[bool] = Field([False, True, True], description="Self-attention per level.")
+    layers_per_block: int = Field(2, ge=1, le=4)
+    steps: int = Field(8000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    warmup_steps: int = Field(200, ge=0)
+    cond_dropout: float = Field(0.1, ge=0, le=0.5, description="Share of labels dropped to the null class.")
+    class_balance: float = Field(0.75, ge=0, le=1, description="Sampling ∝ n^-x: 0 natural, 1 uniform classes.")
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    mixed_precision: bool = Field(False, description="bf16 autocast (where the device supports it).")
+    grid_every: int = Field(2000, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    grid_guidance: float = 3.0
+    seed: int = 0
+
+
+def run(params: Params, ctx: JobContext) -> dict:
+    import torch
+    from diffusers import AutoencoderKL
+    from diffusers.training_utils import EMAModel
+
+    from engine.data.augment import dihedral
+    from engine.data.labels import CLASSES
+    from engine.data.tensors import grid_png, to_model_input
+    from engine.models.ldm import LatentDiffusion, UNetConfig, build_unet, new_noise_scheduler
+    from engine.recipes.common import artifact_path, class_weights, device, real_split
+
+    if len(params.attention) != len(params.channels):
+        raise ValueError("attention needs one entry per level of channels")
+    torch.manual_seed(params.seed)
+    dev = device()
+    vae_dir = artifact_path(ctx, "vae_model", params.vae, "train_vae")
+    vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).to(dev).eval()
+    size = int(vae.config.sample_size)
+    images, labels, _ = real_split(ctx, "train", size)
+    x = to_model_input(images)
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(x[i:i + 256].to(dev)).latent_dist.mean for i in range(0, len(x), 256)])
+    scaling = float(vae.config.scaling_factor)
+    latents = (latents * scaling).cpu()
+    ctx.log(f"{len(latents)} train latents {tuple(latents.shape[1:])} from {vae_dir}")
+
+    unet = build_unet(UNetConfig(tuple(params.channels), params.layers_per_block, tuple(params.attention)),
+                      latents.shape[-1], latents.shape[1], len(CLASSES)).to(dev)
+    model = LatentDiffusion(vae, unet, new_noise_scheduler(), len(CLASSES), scaling)
+    ema = EMAModel(unet.parameters(), decay=params.ema_decay, use_ema_warmup=True, power=3 / 4)
+    optimizer = torch.optim.AdamW(unet.parameters(), params.lr, weight_decay=0.0)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, params.warmup_steps)))
+    ctx.log(f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M parameters on {dev}")
+
+    start = 0
+    checkpoint = ctx.latest_checkpoint()
+    if checkpoint is not None:
+        state = torch.load(checkpoint.path / "state.pt", weights_only=False, map_location=dev)
+        unet.load_state_dict(state["unet"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        warmup.load_state_dict(state["warmup"])
+        start = state["step"]
+        ctx.log(f"resuming at step {start}")
+
+    weights = class_weights(labels, params.class_balance, len(CLASSES))
+    y = torch.as_tensor(labels)
+    generator = torch.Generator().manual_seed(params.seed + start)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=params.mixed_precision)
+
+    def sample_grid(step: int) -> None:
+        ema.store(unet.parameters())
+        ema.copy_to(unet.parameters())
+        rows = torch.arange(len(CLASSES)).repeat_interleave(8).to(dev)
+        grid = model.sample(rows, params.grid_guidance, 20, torch.Generator().manual_seed(0))
+        ema.restore(unet.parameters())
+        path = grid_png(grid.cpu(), len(CLASSES), ctx.artifact_dir / f"samples-step{step:07d}.png")
+        ctx.save_artifact(path, "sample_grid")
+
+    unet.train()
+    for step in range(start + 1, params.steps + 1):
+        idx = torch.multinomial(weights, params.batch_size, replacement=True, generator=generator)
+        z = dihedral(latents[idx], generator).to(dev)
+        with autocast:
+            loss = model.training_loss(z, y[idx].to(dev), params.cond_dropout, generator=None)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        warmup.step()
+        ema.step(unet.parameters())
+        ctx.log_metric("train/loss", loss.item(), step)
+        ctx.progress(step, params.steps, f"loss {loss.item():.4f}")
+        if step % params.grid_every == 0:
+            unet.eval()
+            sample_grid(step)
+            unet.train()
+        if step % params.checkpoint_every == 0 or step == params.steps:
+            state = {"unet": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                     "warmup": warmup.state_dict(), "step": step}
+            ctx.save_checkpoint(step, lambda folder, s=state: torch.save(s, folder / "state.pt"))
+            if ctx.should_stop():
+                raise Stopped(f"stopped at step {step}")
+
+    unet.eval()
+    if params.steps % params.grid_every:
+        sample_grid(params.steps)
+    ema.copy_to(unet.parameters())
+    out = ctx.artifact_dir / "ldm"
+    model.save_pretrained(out)
+    ctx.save_artifact(out, "ldm_model")
+    return {"steps": params.steps, "final_loss": loss.item() if params.steps > start else None}

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from engine import metrics
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+def _gauss(rng: np.random.Generator, n: int, d: int, mean: float = 0.0, scale: float = 1.0) -> np.ndarray:
+    return (mean + scale * rng.standard_normal((n, d))).astype(np.float32)
+
+
+# --- Fréchet distance ---------------------------------------------------------------------------------------------
+
+
+def test_fd_zero_for_same_sample_and_small_for_same_gaussian(rng: np.random.Generator) -> None:
+    a = _gauss(rng, 2000, 8)
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert metrics.frechet_distance(a, _gauss(rng, 2000, 8)) < 0.1
+
+
+def test_fd_grows_with_mean_shift_as_squared_distance(rng: np.random.Generator) -> None:
+    a, b = _gauss(rng, 2000, 8), _gauss(rng, 2000, 8)
+    fds = [metrics.frechet_distance(a, b + shift) for shift in (0.0, 0.5, 1.0, 2.0)]
+    assert fds == sorted(fds) and fds[0] < fds[1]
+    assert fds[3] == pytest.approx(8 * 2.0**2, rel=0.05)  # ||mu_a - mu_b||^2 dominates
+
+
+def test_fd_matches_independent_formula(rng: np.random.Generator) -> None:
+    a, b = _gauss(rng, 300, 5), _gauss(rng, 400, 5, mean=0.3, scale=1.7).astype(np.float64)
+    a = a.astype(np.float64)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    # tr sqrt(cov_a cov_b) = sum of square roots of the (real, non-negative) eigenvalues of the product
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvals(cov_a @ cov_b).real, 0, None)).sum()
+    diff = a.mean(0) - b.mean(0)
+    expected = diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_sqrt
+    assert metrics.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fd_works_with_fewer_rows_than_dims(rng: np.random.Generator) -> None:
+    a, b = _gauss(rng, 10, 64), _gauss(rng, 12, 64)
+    fd = metrics.frechet_distance(a, b)
+    assert np.isfinite(fd) and fd > 0
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-4)
+    assert metrics.frechet_distance(a, b + 3.0) > fd
+
+
+@pytest.mark.parametrize("rows_a, rows_b", [(1, 5), (5, 1), (0, 5)])
+def test_fd_rejects_too_few_rows(rng: np.random.Generator, rows_a: int, rows_b: int) -> None:
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        metrics.frechet_distance(_gauss(rng, rows_a, 4), _gauss(rng, rows_b, 4))
+
+
+def test_fd_rejects_mismatched_widths(rng: np.random.Generator) -> None:
+    with pytest.raises(ValueError, match="feature widths"):
+        metrics.frechet_distance(_gauss(rng, 5, 4), _gauss(rng, 5, 3))
+
+
+# --- precision / recall, density / coverage -----------------------------------------------------------------------
+
+
+def test_precision_recall_identical_and_far_apart(rng: np.random.Generator) -> None:
+    real = _gauss(rng, 300, 8)
+    assert metrics.precision_recall(real, real.copy()) == (1.0, 1.0)
+    assert metrics.precision_recall(real, _gauss(rng, 300, 8, mean=50.0)) == (0.0, 0.0)
+
+
+def test_precision_recall_sees_mode_collapse(rng: np.random.Generator) -> None:
+    real = _gauss(rng, 500, 4)
+    narrow = _gauss(rng, 500, 4, scale=0.2)  # realistic but not diverse
+    precision, recall = metrics.precision_recall(real, narrow)
+    assert precision > 0.9 and recall < 0.5
+
+
+def test_precision_recall_needs_more_rows_than_k(rng: np.random.Generator) -> None:
+    with pytest.raises(ValueError, match="k=3"):
+        metrics.precision_recall(_gauss(rng, 3, 4), _gauss(rng, 10, 4))
+
+
+def test_density_coverage(rng: np.random.Generator) -> None:
+    real = _gauss(rng, 400, 4)
+    density, coverage = metrics.density_coverage(real, real.copy())
+    assert density == pytest.approx(1.0, abs=0.05) and coverage == 1.0  # closed balls would give (k + 1) / k = 1.2
+    assert metrics.density_coverage(real, _gauss(rng, 400, 4, mean=50.0)) == (0.0, 0.0)
+    density, coverage = metrics.density_coverage(real, _gauss(rng, 400, 4))
+    assert 0.6 < density < 1.5 and coverage > 0.8
+    density, coverage = metrics.density_coverage(real, _gauss(rng, 400, 4, scale=0.2))
+    assert density > 1.1 and coverage < 0.3  # piled into the densest real balls, most real balls left empty
+
+
+# --- nearest neighbours, near copies, near duplicates ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [4096, 7, 1])
+def test_nearest_matches_brute_force(rng: np.random.Generator, chunk: int) -> None:
+    queries, refs = _gauss(rng, 50, 6), _gauss(rng, 37, 6)
+    full = cdist(queries.astype(np.float64), refs.astype(np.float64))
+    dist, index = metrics.nearest(queries, refs, chunk=chunk)
+    assert dist.shape == index.shape == (50,)
+    np.testing.assert_array_equal(index, full.argmin(axis=1))
+    np.testing.assert_allclose(dist, full.min(axis=1), rtol=1e-9, atol=1e-9)
+
+
+def test_nearest_finds_exact_copies(rng: np.random.Generator) -> None:
+    refs = _gauss(rng, 20, 6)
+    dist, index = metrics.nearest(refs[[4, 17, 4]], refs, chunk=2)
+    np.testing.assert_array_equal(index, [4, 17, 4])
+    assert dist.max() < 1e-5
+
+
+def _line(xs: list[float]) -> np.ndarray:
+    return np.array([[x, 0.0] for x in xs], dtype=np.float32)
+
+
+def test_near_copy_threshold_excludes_self_and_same_group() -> None:
+    feats = _line([0.0, 10.0, 20.0, 30.0, 0.01])  # rows 0 and 4: two photos of one lesion
+    # Without groups the same-lesion pair sets the minimum; self-distance 0 never counts.
+    assert metrics.near_copy_threshold(feats, quantile=0.0) == pytest.approx(0.01, abs=1e-4)
+    grouped = metrics.near_copy_threshold(feats, groups=["a", "b", "c", "d", "a"], quantile=0.0)
+    assert grouped == pytest.approx(9.99, abs=1e-4)
+    # None means "no group": two ungrouped rows still count as distinct lesions.
+    assert metrics.near_copy_threshold(feats, groups=[None] * 5, quantile=0.0) == pytest.approx(0.01, abs=1e-4)
+    assert metrics.near_copy_threshold(feats, groups=["a", "b", "c", "d", "a"], quantile=1.0) == pytest.approx(10.0)
+
+
+def test_near_copy_threshold_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        metrics.near_copy_threshold(_line([0.0]))
+    with pytest.raises(ValueError, match="groups"):
+        metrics.near_copy_threshold(_line([0.0, 1.0]), groups=["a"])
+    with pytest.raises(ValueError, match="different groups"):
+        metrics.near_copy_threshold(_line([0.0, 1.0]), groups=["a", "a"])
+
+
+def test_near_duplicate_groups_transitive_and_ordered() -> None:
+    # 0.0-0.5-1.0 is a chain (0.0 and 1.0 are 1.0 apart, above threshold) -> one group; 5.0 alone; 9.0/9.1 a pair.
+    feats = _line([9.0, 0.0, 5.0, 0.5, 9.1, 1.0])
+    groups = metrics.near_duplicate_groups(feats, threshold=0.6)
+    assert groups.dtype.kind == "i"
+    np.testing.assert_array_equal(groups, [0, 1, -1, 1, 0, 1])
+    np.testing.assert_array_equal(metrics.near_duplicate_groups(feats, threshold=0.05), [-1] * 6)
+
+
+# --- sharpness -----------------------------------------------------------------------------------------------------
+
+
+def test_sharpness_drops_when_blurred(rng: np.random.Generator) -> None:
+    img = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    padded = np.pad(img.astype(np.float64), ((1, 1), (1, 1), (0, 0)), mode="edge")
+    blurred = sum(padded[dy : dy + 32, dx : dx + 32] for dy in range(3) for dx in range(3)) / 9.0
+    flat = np.full((32, 32, 3), 128, dtype=np.uint8)
+    scores = metrics.sharpness(np.stack([img, blurred.round().astype(np.uint8), flat]))
+    assert scores.shape == (3,)
+    assert scores[0] > 5 * scores[1] > 0
+    assert scores[2] == 0.0
+
+
+def test_sharpness_rejects_wrong_shape() -> None:
+    with pytest.raises(ValueError, match="images must be"):
+        metrics.sharpness(np.zeros((2, 8, 8, 4), dtype=np.uint8))
