@@ -33,6 +33,7 @@ from engine.schemas import (
     PipelineInfo,
     PipelineSubmit,
     ScoresIn,
+    ScoreValue,
     Stats,
     SyntheticBatchIn,
 )
@@ -133,6 +134,11 @@ class Client:
 
     def image(self, image_id: str) -> ImageInfo:
         return ImageInfo.model_validate(self._request("GET", f"/images/{image_id}").json())
+
+    def scores(self, image_ids: list[str]) -> dict[str, dict[str, ScoreValue]]:
+        """{image_id: {name: ScoreValue}} for up to 1000 images."""
+        raw = self._request("GET", "/images/scores", params={"ids": ",".join(image_ids)}).json()
+        return {i: {n: ScoreValue.model_validate(v) for n, v in named.items()} for i, named in raw.items()}
 
     def image_bytes(self, image_id: str, *, thumbnail: bool = False) -> bytes:
         return self._request("GET", f"/images/{image_id}/{'thumb' if thumbnail else 'file'}").content

@@ -122,6 +122,11 @@ class ScoreIn(BaseModel, extra="forbid"):
     ref: str | None = Field(None, max_length=200, description="A related id, e.g. the nearest real image.")
 
 
+class ScoreValue(BaseModel):
+    value: float | None
+    ref: str | None
+
+
 class ScoresIn(BaseModel, extra="forbid"):
     attempt: int
     scores: list[ScoreIn] = Field(max_length=200_000)

@@ -100,3 +100,28 @@ def medmnist_npz(path: Path, n: tuple[int, int, int] = (14, 7, 7), side: int = 2
         arrays[f"{split}_labels"] = (np.arange(count) % 7).astype(np.uint8).reshape(-1, 1)
     np.savez(path, **arrays)
     return path
+
+
+SD_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+
+
+def tiny_sd_pipeline(root: Path, resolution: int = 32) -> Path:
+    """A tiny Stable-Diffusion-shaped folder (unet/, vae/, scheduler/, an ignored text_encoder/), random weights:
+    the paper path is tested with what the test itself saves, never with downloaded weights."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    UNet2DConditionModel(
+        sample_size=resolution // 4, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+    ).save_pretrained(root / "unet")
+    AutoencoderKL(
+        block_out_channels=(32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=8, sample_size=resolution,
+    ).save_pretrained(root / "vae")
+    DDPMScheduler(**SD_SCHEDULER, clip_sample=False).save_pretrained(root / "scheduler")
+    (root / "text_encoder").mkdir()
+    (root / "text_encoder" / "config.json").write_text('{"architectures": ["CLIPTextModel"]}')
+    return root

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.responses import FileResponse
 
 from engine.data.images import ImageStore
-from engine.schemas import ImageInfo, ImagePage, ManifestItem, Stats
+from engine.schemas import ImageInfo, ImagePage, ManifestItem, ScoreValue, Stats
 
 router = APIRouter(tags=["images"])
 
@@ -38,6 +39,19 @@ def manifest(
     rows = request.app.state.store.images.manifest(source=source, split=split, status=status,
                                                     generation_job=generation_job)
     return [ManifestItem(**r) for r in rows]
+
+
+@router.get("/images/scores", response_model=dict[str, dict[str, ScoreValue]])
+def image_scores(
+    request: Request,
+    ids: Annotated[str, Query(max_length=66_000, description="Comma-separated image ids (at most 1000).")],
+) -> dict[str, dict[str, ScoreValue]]:
+    """Scores per image: {image_id: {name: {value, ref}}}."""
+    wanted = [i for i in ids.split(",") if i]
+    if len(wanted) > 1000 or not all(re.fullmatch(r"[0-9a-f]{64}", i) for i in wanted):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "ids: up to 1000 comma-separated image ids")
+    scores = request.app.state.store.images.scores(wanted)
+    return {i: {n: ScoreValue(value=v, ref=r) for n, (v, r) in named.items()} for i, named in scores.items()}
 
 
 @router.get("/images", response_model=ImagePage)

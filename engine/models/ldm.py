@@ -117,8 +117,10 @@ class LatentDiffusion(torch.nn.Module):
         conditional and the null-class pass (batch 2B). DPM-Solver++ is deterministic, so an image is fixed by
         its starting noise: with `seeds`, image i starts from noise seeded by seeds[i] and can be regenerated
         alone from (model, class, seed, guidance, steps)."""
-        scheduler = DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config,
-                                                            algorithm_type="dpmsolver++")
+        # Explicit spacing: from_config would otherwise take DDPM's "leading" from a fresh config but DPM's own
+        # default from a loaded one, and the same model would sample differently before and after saving.
+        scheduler = DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config, algorithm_type="dpmsolver++",
+                                                            timestep_spacing="linspace", steps_offset=0)
         scheduler.set_timesteps(num_inference_steps)
         cfg = self.unet.config
         shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, UNet2DConditionModel
+from diffusers import DDPMScheduler, PNDMScheduler
 
 from engine.models.sd import ClassConditionedSD, _class_balanced_indices, finetune
+from tests import factories
 
 # diffusers 0.42's DPMSolverMultistepScheduler.set_timesteps calls np.array() on a tensor, which numpy 2.4 flags.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -25,10 +26,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 NUM_CLASSES = 7
 RES = 32  # image side; the 3-level VAE downsamples by 4, so latents are 8x8 (the UNet's sample_size)
 STEPS = 3  # inference steps in tests; enough to exercise DPM-Solver++'s second-order update
-
-
-def _sd_scheduler_kwargs() -> dict:
-    return {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,32 +40,7 @@ def _one_cpu_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def pipeline_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD-style pipeline folder: unet/, vae/, scheduler/ and an ignored text_encoder/."""
-    root = tmp_path_factory.mktemp("tiny-sd")
-    torch.manual_seed(0)
-    UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    ).save_pretrained(root / "unet")
-    AutoencoderKL(
-        block_out_channels=(32, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=RES,
-    ).save_pretrained(root / "vae")
-    DDPMScheduler(**_sd_scheduler_kwargs(), clip_sample=False).save_pretrained(root / "scheduler")
-    (root / "text_encoder").mkdir()
-    (root / "text_encoder" / "config.json").write_text('{"architectures": ["CLIPTextModel"]}')
-    return root
+    return factories.tiny_sd_pipeline(tmp_path_factory.mktemp("tiny-sd"), RES)
 
 
 @pytest.fixture
@@ -189,7 +161,7 @@ def test_v_prediction_from_a_pndm_scheduler_config(pipeline_folder: Path, tmp_pa
     folder = tmp_path / "sd-v"
     shutil.copytree(pipeline_folder, folder)
     shutil.rmtree(folder / "scheduler")
-    PNDMScheduler(**_sd_scheduler_kwargs(), prediction_type="v_prediction").save_pretrained(folder / "scheduler")
+    PNDMScheduler(**factories.SD_SCHEDULER, prediction_type="v_prediction").save_pretrained(folder / "scheduler")
 
     v_model = ClassConditionedSD.from_pipeline_folder(folder, resolution=RES)
     eps_model = ClassConditionedSD.from_pipeline_folder(pipeline_folder, resolution=RES)

@@ -1,0 +1,90 @@
+"""The generator chain end to end on the phantom set with the smoke profile: real server, real job processes."""
+
+import json
+
+import pytest
+
+from engine.data.labels import CLASSES
+from engine.models.ldm import load_generator
+from engine.pipelines import generator_chain
+from engine.profiles import load_profile
+from tests import factories
+from tests.processes import start_server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    server = start_server(tmp_path_factory.mktemp("chain") / "ws")
+    client = server.client()
+    client.import_data("phantom", phantom_size=140)
+    run = client.submit_pipeline(generator_chain(load_profile("smoke")))
+    jobs = {j.pipeline_key: client.wait_for_job(j.id, timeout=600) for j in run.jobs}
+    yield server, client, jobs
+    server.stop()
+
+
+def test_every_stage_succeeds_and_a_score_job_follows_generate(chain):
+    _, _, jobs = chain
+    assert list(jobs) == ["reference", "vae", "ldm", "generate", "generate.score"]
+    assert {k: j.state.value for k, j in jobs.items()} == dict.fromkeys(jobs, "succeeded"), \
+        {k: j.error for k, j in jobs.items()}
+    assert jobs["generate.score"].after == [jobs["generate"].id]
+
+
+def test_generate_fills_exactly_the_planners_quotas_with_provenance(chain):
+    _, client, jobs = chain
+    quotas = jobs["generate"].result["quotas"]
+    stats = client.stats()
+    assert stats.synthetic["pending"] == quotas  # every new image is pending review, per class exactly
+    assert sum(quotas.values()) > 0
+    page = client.images(source="synthetic", limit=1000)
+    assert page.total == sum(quotas.values())
+    seeds = set()
+    for image in page.items:
+        assert image.generation_job == jobs["generate"].id
+        assert image.guidance == 3.0 and image.steps == 4 and image.checkpoint.endswith("/ldm")
+        seeds.add(image.seed)
+    assert len(seeds) == page.total
+
+
+def test_every_synthetic_image_is_scored(chain):
+    server, client, jobs = chain
+    ids = [i.id for i in client.images(source="synthetic", limit=1000).items]
+    real_ids = {i.id for i in client.images(source="real", split="train", limit=1000).items}
+    scores = {i: {n: v.model_dump() for n, v in named.items()} for i, named in client.scores(ids).items()}
+    for image_id in ids:
+        names = scores[image_id]
+        assert set(names) >= {"intended_prob", "nearest_real_dist", "near_copy", "dup_group", "sharpness"}
+        assert 0 <= names["intended_prob"]["value"] <= 1
+        assert names["nearest_real_dist"]["ref"] in real_ids  # the nearest real image's id is kept
+        assert names["near_copy"]["value"] in (0, 1)
+    report_artifact = next(a for a in client.job_artifacts(jobs["generate.score"].id) if a.kind == "score_report")
+    report = json.loads((server.settings.workspace / report_artifact.path).read_text())
+    assert "Inception" in report["note"] and report["near_copy_threshold"] > 0
+    for cls, row in report["per_class"].items():
+        assert cls in CLASSES and "intended_rate" in row and "real_val_recall" in row
+
+
+def test_models_and_grids_are_artifacts_that_load_offline(chain):
+    server, client, jobs = chain
+    kinds = {a.kind: a for a in client.job_artifacts(jobs["ldm"].id)}
+    assert {"ldm_model", "sample_grid"} <= set(kinds)
+    model = load_generator(server.settings.workspace / kinds["ldm_model"].path)
+    assert model.num_classes == len(CLASSES)
+    assert "reconstructions" in {a.kind for a in client.job_artifacts(jobs["vae"].id)}
+    series = {m.name for m in client.job_metrics(jobs["ldm"].id)}
+    assert "train/loss" in series
+
+
+def test_the_paper_path_fine_tunes_a_local_sd_folder_and_generates_from_it(chain, tmp_path):
+    _, client, _ = chain
+    folder = factories.tiny_sd_pipeline(tmp_path / "sd", 32)
+    tuned = client.wait_for_job(client.submit_job("finetune_sd", {
+        "pipeline": str(folder), "image_size": 32, "steps": 1, "batch_size": 2}).id, timeout=300)
+    assert tuned.state == "succeeded", tuned.error
+    generated = client.wait_for_job(client.submit_job("generate", {
+        "quotas": {"df": 2}, "steps": 2, "batch_size": 2}, after=[tuned.id]).id, timeout=300)
+    assert generated.state == "succeeded", generated.error
+    assert generated.result["generated"] == 2 and generated.result["model"].endswith(f"jobs/{tuned.id}/artifacts/ldm")

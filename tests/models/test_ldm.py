@@ -1,0 +1,76 @@
+"""The latent diffusion model: training loss, batched classifier-free guidance, regenerable seeds, offline load."""
+
+import pytest
+import torch
+
+from engine.models.ldm import (
+    LatentDiffusion,
+    UNetConfig,
+    VAEConfig,
+    build_unet,
+    build_vae,
+    load_generator,
+    new_noise_scheduler,
+    vae_loss,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    vae = build_vae(VAEConfig((16, 32)), 32)
+    unet = build_unet(UNetConfig((32, 32), 1, (False, True)), 16, 4, 7)
+    return LatentDiffusion(vae, unet, new_noise_scheduler(), 7, 0.5).eval()
+
+
+def test_losses_are_finite_and_train_the_unet(model):
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    loss, parts = vae_loss(model.vae, images)
+    assert torch.isfinite(loss) and set(parts) == {"l1", "mse", "kl"}
+    latents = model.encode(images)
+    assert latents.shape == (4, 4, 16, 16)
+    loss = model.training_loss(latents, torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert torch.isfinite(loss) and model.unet.conv_in.weight.grad is not None
+    assert model.vae.encoder.conv_in.weight.grad is None  # the VAE is frozen during diffusion training
+    model.unet.zero_grad()
+
+
+def test_guidance_runs_one_batched_forward_per_step(model):
+    calls = []
+    hook = model.unet.register_forward_hook(lambda m, args, kwargs_out: calls.append(args[0].shape[0]))
+    try:
+        images = model.sample(torch.tensor([5, 3, 6]), guidance_scale=3.0, num_inference_steps=4,
+                              generator=torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    assert images.dtype == torch.uint8 and images.shape == (3, 3, 32, 32)
+    assert calls == [6, 6, 6, 6]  # conditional + null class in one forward of batch 2B, once per step
+
+
+def test_an_image_is_fixed_by_its_seed_whatever_its_batch(model):
+    batch = model.sample(torch.tensor([0, 4, 6]), 2.0, 3, seeds=[10, 11, 12])
+    alone = model.sample(torch.tensor([4]), 2.0, 3, seeds=[11])
+    assert torch.equal(batch[1], alone[0]) or (batch[1].int() - alone[0].int()).abs().max() <= 1
+    other = model.sample(torch.tensor([4]), 2.0, 3, seeds=[99])
+    assert not torch.equal(other[0], alone[0])
+
+
+def test_saved_folder_loads_offline_and_samples_the_same(model, tmp_path):
+    model.save_pretrained(tmp_path / "ldm")
+    assert {p.name for p in (tmp_path / "ldm").iterdir()} == {"vae", "unet", "scheduler", "dermae_ldm.json"}
+    loaded = load_generator(tmp_path / "ldm")
+    assert isinstance(loaded, LatentDiffusion) and loaded.scaling_factor == 0.5
+    a = model.sample(torch.tensor([1, 2]), 3.0, 3, seeds=[1, 2])
+    b = loaded.sample(torch.tensor([1, 2]), 3.0, 3, seeds=[1, 2])
+    assert torch.equal(a, b)
+    with pytest.raises(FileNotFoundError, match="not a saved latent diffusion model"):
+        load_generator(tmp_path)
