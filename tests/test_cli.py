@@ -76,3 +76,15 @@ def test_demo_imports_the_default_data_and_ctrl_c_stops_everything(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_unknown_pipeline_and_profile_are_usage_errors(server):
+    assert dermae(server, "pipeline", "nope").returncode == 2
+    bad = dermae(server, "pipeline", "generator", "--profile", "huge")
+    assert bad.returncode == 2 and "unknown profile 'huge'" in bad.stderr
+
+
+def test_the_server_does_not_import_torch():
+    """The engine server starts in about a second because recipes keep torch out of their module level."""
+    code = "import sys, engine.api.app, engine.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60).returncode == 0

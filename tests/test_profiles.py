@@ -15,3 +15,17 @@ def test_bad_profiles_are_named(tmp_path):
     (tmp_path / "x.toml").write_text("[data]\nimage_size = 32\nphantom_size = 70\nsplit_seed = 0\nextra = 1\n")
     with pytest.raises(ValueError, match=r"unknown \['extra'\]"):
         load_profile("x", tmp_path)
+
+
+def test_job_parameters_are_validated_against_their_kind(tmp_path):
+    base = "[data]\nimage_size = 32\nphantom_size = 70\nsplit_seed = 0\n"
+    (tmp_path / "a.toml").write_text(base + "[jobs.train_vae]\nstepz = 3\n")
+    with pytest.raises(ValueError, match=r"(?s)\[jobs.train_vae\].*stepz"):
+        load_profile("a", tmp_path)
+    (tmp_path / "b.toml").write_text(base + "[jobs.train_gpt]\nsteps = 3\n")
+    with pytest.raises(ValueError, match="unknown job kind 'train_gpt'"):
+        load_profile("b", tmp_path)
+
+
+def test_profile_params_with_overrides():
+    assert load_profile("smoke").params("train_vae", steps=3)["steps"] == 3

@@ -1,0 +1,152 @@
+"""Generation throughput and quality, measured in one run.
+
+1. Speed: images/s of batched classifier-free guidance (conditional and null-class passes in ONE forward of
+   batch 2B per step) against the baseline loop a diffusers example script would give, per image and two
+   forwards per step — same model, same steps. Printed as a ratio.
+2. Steps vs quality (needs a trained workspace): Fréchet distance to the real train split in the reference
+   classifier's feature space (not Inception: no downloadable weights here), and the intended-class rate,
+   for several step counts and guidance scales.
+
+    python bench/generation.py                       # speed only, on an untrained tiny-profile model
+    python bench/generation.py --workspace WS        # + the quality table, from WS's newest ldm + reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine import metrics  # noqa: E402
+from engine.data.labels import CLASSES  # noqa: E402
+from engine.models.classifier import load_reference, predict  # noqa: E402
+from engine.models.ldm import (  # noqa: E402
+    LatentDiffusion,
+    UNetConfig,
+    VAEConfig,
+    build_unet,
+    build_vae,
+    load_generator,
+    new_noise_scheduler,
+)
+
+
+@torch.no_grad()
+def two_pass_per_image(model: LatentDiffusion, label: int, guidance: float, steps: int, seed: int) -> torch.Tensor:
+    """The baseline: one image at a time, a conditional and an unconditional forward per step."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    scheduler = DPMSolverMultistepScheduler.from_config(model.noise_scheduler.config, algorithm_type="dpmsolver++",
+                                                        timestep_spacing="linspace", steps_offset=0)
+    scheduler.set_timesteps(steps)
+    cfg = model.unet.config
+    latents = torch.randn((1, cfg.in_channels, cfg.sample_size, cfg.sample_size),
+                          generator=torch.Generator().manual_seed(seed))
+    cond, null = torch.tensor([label]), torch.tensor([model.null_class])
+    for t in scheduler.timesteps:
+        eps_c = model.unet(latents, t, class_labels=cond).sample
+        eps_u = model.unet(latents, t, class_labels=null).sample
+        latents = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
+    return model.decode(latents)
+
+
+def newest(workspace: Path, name: str) -> Path | None:
+    found = sorted(workspace.glob(f"jobs/*/artifacts/{name}"), key=lambda p: int(p.parts[-3]))
+    return found[-1] if found else None
+
+
+def speed(model: LatentDiffusion, n: int, steps: int, batch: int) -> None:
+    labels = torch.arange(n) % len(CLASSES)
+    start = time.perf_counter()
+    for i in range(0, n, batch):
+        model.sample(labels[i:i + batch], 3.0, steps, seeds=list(range(i, min(n, i + batch))))
+    batched = n / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for i in range(n):
+        two_pass_per_image(model, int(labels[i]), 3.0, steps, i)
+    baseline = n / (time.perf_counter() - start)
+    print(f"\n{'generation, ' + str(steps) + ' DPM-Solver++ steps, CFG 3':<52}{'images/s':>10}{'ratio':>8}")
+    print(f"{'baseline: per image, two forwards per step':<52}{baseline:>10.2f}{1:>8.2f}")
+    print(f"{'batched CFG (batch ' + str(batch) + ', one forward of 2B per step)':<52}{batched:>10.2f}"
+          f"{batched / baseline:>8.2f}")
+
+
+def real_train(workspace: Path, size: int) -> np.ndarray:
+    """The real train split at `size` px, read through the workspace's engine (started here if not running)."""
+    from engine.client import Client, ServerNotFound
+    from engine.data.tensors import load_array
+    from engine.settings import Settings
+
+    server = None
+    try:
+        client = Client.from_settings(Settings.from_env(workspace))
+        client.health()
+    except ServerNotFound:
+        from tests.processes import start_server
+
+        server = start_server(workspace)
+        client = server.client()
+    try:
+        items = [m.model_dump() for m in client.manifest(source="real", split="train")]
+    finally:
+        if server:
+            server.stop()
+    return load_array(workspace, items, size)
+
+
+def quality(model: LatentDiffusion, reference_dir: Path, workspace: Path, per_class: int) -> None:
+    from engine.data.tensors import to_model_input
+
+    reference, meta = load_reference(reference_dir)
+    _, real_feats = predict(reference, to_model_input(real_train(workspace, meta["image_size"])))
+    real_feats = real_feats.numpy()
+    print(f"\nsteps vs quality, {per_class} images per class. FD: all classes pooled against all real train images,"
+          " in the reference classifier's feature space (not Inception: no downloadable weights here). intended:"
+          " the reference classifier's intended-class rate.")
+    print(f"{'steps':>6}{'guidance':>10}{'FD':>10}{'intended':>10}{'s/image':>10}")
+    labels = torch.arange(len(CLASSES)).repeat_interleave(per_class)
+    for steps in (5, 10, 20, 40):
+        for guidance in (1.0, 3.0, 5.0):
+            start = time.perf_counter()
+            images = torch.cat([model.sample(labels[i:i + 64], guidance, steps, seeds=list(range(i, i + 64)))
+                                for i in range(0, len(labels), 64)])
+            seconds = (time.perf_counter() - start) / len(labels)
+            probs, feats = predict(reference, images.float() / 127.5 - 1)
+            fd = metrics.frechet_distance(real_feats, feats.numpy())
+            intended = (probs.argmax(1) == labels).float().mean().item()
+            print(f"{steps:>6}{guidance:>10.1f}{fd:>10.2f}{intended:>10.3f}{seconds:>10.3f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workspace", type=Path, help="A workspace where the generator chain has run.")
+    parser.add_argument("--n", type=int, default=28, help="Images for the speed comparison.")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=28)
+    parser.add_argument("--per-class", type=int, default=40)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model_dir = newest(args.workspace, "ldm") if args.workspace else None
+    if model_dir:
+        model = load_generator(model_dir).eval()
+        print(f"model: {model_dir}")
+    else:  # speed does not depend on the weights: an untrained model of the tiny profile's shape
+        vae = build_vae(VAEConfig((32, 64)), 32)
+        unet = build_unet(UNetConfig((64, 128, 128), 1, (False, False, True)), 16, 4, len(CLASSES))
+        model = LatentDiffusion(vae, unet, new_noise_scheduler(), len(CLASSES), 1.0).eval()
+        print("model: untrained, tiny-profile shape (speed only)")
+    speed(model, args.n, args.steps, args.batch)
+    reference_dir = newest(args.workspace, "reference") if args.workspace else None
+    if model_dir and reference_dir:
+        quality(model, reference_dir, args.workspace, args.per_class)
+
+
+if __name__ == "__main__":
+    main()
