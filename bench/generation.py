@@ -124,6 +124,25 @@ def quality(model: LatentDiffusion, reference_dir: Path, workspace: Path, per_cl
             print(f"{steps:>6}{guidance:>10.1f}{fd:>10.2f}{intended:>10.3f}{seconds:>10.3f}", flush=True)
 
 
+def fidelity(model: LatentDiffusion, reference_dir: Path, per_class: int, guidance: float, steps: int) -> None:
+    """Per class: how often the reference classifier gives generated images their intended class — plain, and
+    keeping the best half of twice as many (the generate job's oversample=2) — next to how often it gives real
+    val images their true class."""
+    reference, meta = load_reference(reference_dir)
+    print(f"\nclass fidelity, {per_class} kept images per class, guidance {guidance}, {steps} steps")
+    print(f"{'class':<8}{'real val recall':>16}{'synthetic plain':>16}{'oversample 2':>14}")
+    for k, cls in enumerate(CLASSES):
+        n = 2 * per_class
+        images = torch.cat([model.sample(torch.full((min(64, n - i),), k), guidance, steps,
+                                         seeds=list(range(k * 10_000 + i, k * 10_000 + min(n, i + 64))))
+                            for i in range(0, n, 64)])
+        probs, _ = predict(reference, images.float() / 127.5 - 1)
+        plain = (probs[:per_class].argmax(1) == k).float().mean().item()
+        best = torch.cat([p[p[:, k].argsort(descending=True)[:len(p) // 2]] for p in probs.split(2 * 32)])
+        kept = (best.argmax(1) == k).float().mean().item()
+        print(f"{cls:<8}{meta['val_recall'][cls]:>16.2f}{plain:>16.2f}{kept:>14.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workspace", type=Path, help="A workspace where the generator chain has run.")
@@ -145,6 +164,7 @@ def main() -> None:
     speed(model, args.n, args.steps, args.batch)
     reference_dir = newest(args.workspace, "reference") if args.workspace else None
     if model_dir and reference_dir:
+        fidelity(model, reference_dir, args.per_class, 3.0, args.steps)
         quality(model, reference_dir, args.workspace, args.per_class)
 
 

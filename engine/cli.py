@@ -361,6 +361,41 @@ def jobs_retry(job_id: int, workspace: Workspace = None) -> None:
     typer.echo(f"job {job.id} {job.state.value} (attempt {job.attempt + 1} next)")
 
 
+datasets_app = typer.Typer(help="Frozen dataset versions: the curated set that training names.",
+                           no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+
+def _version_row(v) -> str:
+    synthetic = sum(sum(c.values()) for c in v.counts.get("synthetic", {}).values())
+    real = sum(sum(c.values()) for c in v.counts.get("real", {}).values())
+    return f"{v.id:<40} {real:>7} real {synthetic:>7} synthetic  {v.note or ''}"
+
+
+@datasets_app.command("freeze")
+def datasets_freeze(
+    name: Annotated[str, typer.Argument(help="Letters, digits, - _ .")],
+    note: Annotated[str | None, typer.Option(help="Why this version exists.")] = None,
+    accepts: Annotated[int, typer.Option(help="Policy: this many accepts and no reject.")] = 1,
+    workspace: Workspace = None,
+) -> None:
+    """Freeze the curated set (all real images + accepted synthetic ones) as a new immutable version."""
+    version = _call(_client(workspace).freeze_dataset, name, note, accepts_needed=accepts)
+    typer.echo(version.id)
+    typer.echo(_version_row(version), err=True)
+
+
+@datasets_app.command("ls")
+def datasets_ls(as_json: Annotated[bool, typer.Option("--json")] = False, workspace: Workspace = None) -> None:
+    """Dataset versions, newest first."""
+    versions = _call(_client(workspace).datasets)
+    if as_json:
+        typer.echo(json.dumps([v.model_dump(mode="json") for v in versions], indent=2))
+        return
+    for version in versions:
+        typer.echo(_version_row(version))
+
+
 def main() -> None:
     app()
 

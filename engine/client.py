@@ -15,6 +15,9 @@ import httpx
 from engine.schemas import (
     TERMINAL_STATES,
     Artifact,
+    DatasetFreeze,
+    DatasetItem,
+    DatasetVersion,
     Health,
     ImageInfo,
     ImagePage,
@@ -235,3 +238,21 @@ class Client:
         response = self._request("POST", f"/jobs/{job_id}/artifacts",
                                  json={"attempt": attempt, "path": path, "kind": kind})
         return Artifact.model_validate(response.json())
+
+    # dataset versions -------------------------------------------------------------------------------------
+    def freeze_dataset(self, name: str, note: str | None = None, *, accepts_needed: int = 1,
+                       targets: dict[str, int] | None = None) -> DatasetVersion:
+        body = DatasetFreeze(name=name, note=note, accepts_needed=accepts_needed, targets=targets)
+        return DatasetVersion.model_validate(self._request("POST", "/datasets", json=body.model_dump()).json())
+
+    def datasets(self) -> list[DatasetVersion]:
+        return [DatasetVersion.model_validate(v) for v in self._request("GET", "/datasets").json()]
+
+    def dataset(self, version_id: str) -> DatasetVersion:
+        return DatasetVersion.model_validate(self._request("GET", f"/datasets/{version_id}").json())
+
+    def dataset_manifest(self, version_id: str, *, split: str | None = None,
+                         source: str | None = None) -> list[DatasetItem]:
+        params = {k: v for k, v in dict(split=split, source=source).items() if v}
+        response = self._request("GET", f"/datasets/{version_id}/manifest", params=params)
+        return [DatasetItem.model_validate(r) for r in response.json()]

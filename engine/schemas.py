@@ -281,3 +281,35 @@ class JobKindInfo(BaseModel):
     name: str
     description: str
     params_schema: dict[str, Any]
+
+
+# dataset versions ---------------------------------------------------------------------------------------------
+class DatasetFreeze(BaseModel, extra="forbid"):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    note: str | None = Field(None, max_length=2000)
+    accepts_needed: int = Field(1, ge=1, le=20, description="Policy: k accepts and no reject.")
+    targets: dict[str, int] | None = Field(None, description="At most this many synthetic images per class.")
+
+
+class DatasetVersion(BaseModel):
+    id: str
+    name: str
+    note: str | None
+    created_at: datetime
+    policy: dict[str, Any]
+    counts: dict[str, dict[str, ClassCounts]] = Field(description="source -> split -> class -> images")
+    lineage: dict[str, Any] = Field(description="Review events, generation jobs and checkpoints behind it.")
+    manifest_path: str
+    manifest_sha256: str
+    n_images: int
+
+
+class DatasetItem(BaseModel):
+    id: str
+    label: str
+    split: str
+    source: str
+    path: str
+    lesion_id: str | None
+    generation_job: int | None
+    checkpoint: str | None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.store.datasets import DatasetQueries, UnknownDataset
 from engine.store.db import Database, StoreLocked
 from engine.store.images import ImageQueries
 from engine.store.jobs import JobConflict, JobQueries, UnknownJob
 from engine.store.migrations import LATEST_VERSION
 
-__all__ = ["LATEST_VERSION", "JobConflict", "Store", "StoreLocked", "UnknownJob"]
+__all__ = ["LATEST_VERSION", "JobConflict", "Store", "StoreLocked", "UnknownDataset", "UnknownJob"]
 
 
 class Store:
@@ -17,6 +18,7 @@ class Store:
         self.db = Database(path, migrate_to=migrate_to)
         self.images = ImageQueries(self.db)
         self.jobs = JobQueries(self.db)
+        self.datasets = DatasetQueries(self.db, path.parent / "datasets")
 
     @property
     def schema_version(self) -> int:

@@ -106,7 +106,7 @@ class ImageQueries:
         table = pa.table({
             "image_id": [s["image_id"] for s in scores], "name": [s["name"] for s in scores],
             "value": [s["value"] for s in scores], "ref": [s.get("ref") for s in scores],
-            "job_id": [str(job_id)] * len(scores), "created_at": [now] * len(scores),
+            "job_id": [job_id] * len(scores), "created_at": [now] * len(scores),
         })
         with self.db.transaction() as cur:
             cur.register("new_scores", table)

@@ -38,7 +38,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
     """),
     (2, "synthetic provenance, scores and append-only reviews", """
-        ALTER TABLE images ADD COLUMN generation_job VARCHAR;
+        ALTER TABLE images ADD COLUMN generation_job BIGINT;
         ALTER TABLE images ADD COLUMN seed BIGINT;
         ALTER TABLE images ADD COLUMN guidance DOUBLE;
         ALTER TABLE images ADD COLUMN steps INTEGER;
@@ -48,7 +48,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             name VARCHAR NOT NULL,
             value DOUBLE,
             ref VARCHAR,
-            job_id VARCHAR,
+            job_id BIGINT,
             created_at TIMESTAMP NOT NULL,
             PRIMARY KEY (image_id, name)
         );
@@ -116,6 +116,20 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             sha256 VARCHAR NOT NULL,
             size_bytes BIGINT NOT NULL,
             created_at TIMESTAMP NOT NULL
+        );
+    """),
+    (4, "frozen dataset versions", """
+        CREATE TABLE datasets (
+            id VARCHAR PRIMARY KEY,
+            name VARCHAR NOT NULL,
+            note VARCHAR,
+            created_at TIMESTAMP NOT NULL,
+            policy JSON NOT NULL,
+            counts JSON NOT NULL,
+            lineage JSON NOT NULL,
+            manifest_path VARCHAR NOT NULL,
+            manifest_sha256 VARCHAR NOT NULL,
+            n_images INTEGER NOT NULL
         );
     """),
 ]

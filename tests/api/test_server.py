@@ -8,6 +8,7 @@ import stat
 import httpx
 import pytest
 
+from engine.client import ApiError
 from engine.store import LATEST_VERSION
 from tests.processes import start_server
 
@@ -71,3 +72,23 @@ def test_stopping_by_pid_removes_the_record_and_a_restart_keeps_the_token(tmp_pa
 def test_a_second_server_on_the_same_workspace_refuses_clearly(server):
     with pytest.raises(RuntimeError, match="Only the engine server opens the database"):
         start_server(server.settings.workspace, timeout=30)
+
+
+def test_dataset_versions_through_the_api(server, tmp_path):
+    from tests import factories
+
+    client = server.client()
+    client.import_data("ham10000", str(factories.ham_tree(tmp_path / "ham", n_per_class=4)))
+    version = client.freeze_dataset("baseline", "real only")
+    assert version.counts["real"]["train"]["nv"] + version.counts["real"]["val"]["nv"] + \
+        version.counts["real"]["test"]["nv"] == 4
+    assert "synthetic" not in version.counts and version.lineage["review_events"] == 0
+    items = client.dataset_manifest(version.id, split="train")
+    assert items and all(i.split == "train" and i.source == "real" for i in items)
+    assert [v.id for v in client.datasets()] == [version.id]
+    with pytest.raises(ApiError) as missing:
+        client.dataset("nope")
+    assert missing.value.status_code == 404
+    with pytest.raises(ApiError) as bad:
+        client._request("POST", "/datasets", json={"name": "../x"})
+    assert bad.value.status_code == 422

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+
+from engine.data.labels import CLASSES
+from engine.schemas import DatasetFreeze, DatasetItem, DatasetVersion, Problem
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+_ERRORS = {404: {"model": Problem}, 422: {"model": Problem}}
+
+
+@router.post("", response_model=DatasetVersion, status_code=201, responses=_ERRORS)
+def freeze(body: DatasetFreeze, request: Request) -> DatasetVersion:
+    """Freeze the curated set — every real image, plus synthetic images accepted under the policy up to the
+    per-class targets — as a new immutable version."""
+    unknown = sorted(set(body.targets or {}) - set(CLASSES))
+    if unknown:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"targets: unknown classes {unknown}")
+    version = request.app.state.store.datasets.freeze(body.name, body.note, body.accepts_needed, body.targets)
+    return DatasetVersion(**version)
+
+
+@router.get("", response_model=list[DatasetVersion])
+def list_versions(request: Request) -> list[DatasetVersion]:
+    return [DatasetVersion(**v) for v in request.app.state.store.datasets.list()]
+
+
+@router.get("/{version_id}", response_model=DatasetVersion, responses=_ERRORS)
+def get_version(version_id: str, request: Request) -> DatasetVersion:
+    return DatasetVersion(**request.app.state.store.datasets.get(version_id))
+
+
+@router.get("/{version_id}/manifest", response_model=list[DatasetItem], responses=_ERRORS)
+def manifest(
+    version_id: str,
+    request: Request,
+    split: Annotated[str | None, Query(pattern=r"^(train|val|test)$")] = None,
+    source: Annotated[str | None, Query(pattern=r"^(real|synthetic)$")] = None,
+) -> list[DatasetItem]:
+    return [DatasetItem(**r) for r in request.app.state.store.datasets.manifest(version_id, split, source)]

@@ -1,0 +1,110 @@
+"""Frozen dataset versions: the curated set at one moment, as an immutable Parquet manifest.
+
+A version holds every real image (train, val and test splits as imported) plus the synthetic images accepted
+under the policy (k accepts and no reject), up to per-class targets, as extra train images. The manifest is
+written by DuckDB itself and hashed; versions are never updated. Training always names one, so every model
+traces back to the reviews behind it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from engine.data.labels import CLASSES, SPLITS
+from engine.files import sha256_file
+from engine.store.db import Database
+from engine.store.images import _REVIEW_STATUS_SQL
+
+MANIFEST_SQL = f"""
+WITH accepted AS (
+    SELECT i.id, i.label, row_number() OVER (PARTITION BY i.label ORDER BY i.created_at, i.id) AS rank
+    FROM images i JOIN ({_REVIEW_STATUS_SQL}) r ON r.id = i.id WHERE r.status = 'accepted'
+)
+SELECT i.id, i.label, coalesce(i.split, 'train') AS split, i.source, i.path, i.lesion_id, i.generation_job,
+       i.checkpoint
+FROM images i
+WHERE i.source = 'real'
+   OR i.id IN (SELECT a.id FROM accepted a WHERE a.rank <= coalesce(json_extract(?::JSON, '$.' || a.label)::INTEGER,
+                                                                    2147483647))
+ORDER BY i.source, coalesce(i.split, 'train'), i.id
+"""
+
+
+class UnknownDataset(LookupError):
+    pass
+
+
+class DatasetQueries:
+    def __init__(self, db: Database, datasets_dir: Path):
+        self.db = db
+        self.datasets_dir = datasets_dir
+
+    def freeze(self, name: str, note: str | None, accepts_needed: int = 1,
+               targets: dict[str, int] | None = None) -> dict[str, Any]:
+        """Write the manifest of the curated set and record the version, in one transaction."""
+        now = datetime.now(UTC).replace(tzinfo=None)
+        version_id = f"{name}-{now:%Y%m%d-%H%M%S}-{os.urandom(2).hex()}"
+        folder = self.datasets_dir / version_id
+        folder.mkdir(parents=True, exist_ok=False)
+        manifest = folder / "manifest.parquet"
+        params = [accepts_needed, json.dumps(targets or {})]
+        with self.db.transaction() as cur:
+            cur.execute(f"COPY ({MANIFEST_SQL}) TO '{manifest}' (FORMAT parquet)", params)
+            rows = cur.execute(f"SELECT source, split, label, count(*) FROM read_parquet('{manifest}') "
+                               "GROUP BY ALL").fetchall()
+            counts: dict[str, dict[str, dict[str, int]]] = {"real": {s: dict.fromkeys(CLASSES, 0) for s in SPLITS}}
+            for source, split, label, n in rows:
+                counts.setdefault(source, {}).setdefault(split, dict.fromkeys(CLASSES, 0))[label] = n
+            lineage_row = cur.execute(f"""
+                SELECT count(DISTINCT r.seq), list(DISTINCT m.generation_job) FILTER (m.generation_job IS NOT NULL),
+                       list(DISTINCT m.checkpoint) FILTER (m.checkpoint IS NOT NULL)
+                FROM read_parquet('{manifest}') m LEFT JOIN reviews r ON r.image_id = m.id
+            """).fetchone()
+            lineage = {"review_events": lineage_row[0], "generation_jobs": sorted(lineage_row[1] or []),
+                       "checkpoints": sorted(lineage_row[2] or [])}
+            n_images = sum(n for *_, n in rows)
+            policy = {"accepts_needed": accepts_needed, "targets": targets or {}}
+            cur.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [version_id, name, note, now, json.dumps(policy), json.dumps(counts), json.dumps(lineage),
+                         str(manifest.relative_to(self.datasets_dir.parent)), sha256_file(manifest), n_images])
+        return self.get(version_id)
+
+    def get(self, version_id: str) -> dict[str, Any]:
+        row = self.db.cursor().execute("SELECT * FROM datasets WHERE id = ?", [version_id]).fetchone()
+        if row is None:
+            raise UnknownDataset(f"no dataset version {version_id!r}")
+        return self._dict(row)
+
+    def list(self) -> list[dict[str, Any]]:
+        return [self._dict(r) for r in self.db.cursor().execute(
+            "SELECT * FROM datasets ORDER BY created_at DESC").fetchall()]
+
+    def manifest(self, version_id: str, split: str | None = None, source: str | None = None) -> list[dict]:
+        """The version's rows, read back from its Parquet file (checked against its recorded hash)."""
+        version = self.get(version_id)
+        path = self.datasets_dir.parent / version["manifest_path"]
+        if sha256_file(path) != version["manifest_sha256"]:
+            raise RuntimeError(f"the manifest of {version_id} does not match its recorded SHA-256: it was altered")
+        where, params = [], []
+        for column, value in (("split", split), ("source", source)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        cur = self.db.cursor().execute(f"SELECT * FROM read_parquet('{path}') {clause} ORDER BY source, split, id",
+                                       params)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    @staticmethod
+    def _dict(row: tuple) -> dict[str, Any]:
+        keys = ("id", "name", "note", "created_at", "policy", "counts", "lineage", "manifest_path",
+                "manifest_sha256", "n_images")
+        out = dict(zip(keys, row, strict=True))
+        for key in ("policy", "counts", "lineage"):
+            out[key] = json.loads(out[key])
+        return out
