@@ -68,6 +68,6 @@ def test_encoder_weights_load_into_a_timm_classifier(mae):
 def test_reconstruction_keeps_the_visible_patches(mae):
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     out = mae.reconstruct(images, 0.75, seed=3)
-    latent, mask, _ = mae.forward_encoder(images, 0.75, torch.Generator().manual_seed(3))
+    _, mask, _ = mae.forward_encoder(images, 0.75, torch.Generator().manual_seed(3))
     visible = (mask == 0).unsqueeze(-1)
     assert torch.allclose(mae.patchify(out) * visible, mae.patchify(images) * visible, atol=1e-6)
