@@ -1,4 +1,10 @@
-"""Quality metrics for a synthetic image set, measured against the real set it imitates.
+"""Metrics: how well a classifier does on real data, and how good a synthetic image set is.
+
+Classification (`classification_report`): accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1,
+confusion matrix, one-vs-rest ROC-AUC and expected calibration error with reliability-diagram bins — the figures
+that show whether the minority classes are learned, not just nv.
+
+Synthetic-set quality, measured against the real set it imitates:
 
 Pure functions on numpy arrays: feature matrices of shape (N, D), in whatever embedding the caller picks, or uint8
 images of shape (N, H, W, 3). Fidelity and diversity: `frechet_distance`, `precision_recall`, `density_coverage`.
@@ -203,3 +209,58 @@ def sharpness(images: np.ndarray) -> np.ndarray:
         lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1]
         out[n] = lap.var()
     return out
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> tuple[float, list[dict]]:
+    """ECE of the top-class confidence over equal-width bins, and each bin's (confidence, accuracy, count) for a
+    reliability diagram. probs (N, C), labels (N,)."""
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    ece, table = 0.0, []
+    for b in range(bins):
+        inside = which == b
+        n = int(inside.sum())
+        if n:
+            conf, acc = float(confidence[inside].mean()), float(correct[inside].mean())
+            ece += n / len(labels) * abs(conf - acc)
+            table.append({"low": float(edges[b]), "high": float(edges[b + 1]), "confidence": conf,
+                          "accuracy": acc, "count": n})
+    return float(ece), table
+
+
+def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict:
+    """Everything `evaluate` stores for one model on one split. probs (N, C) rows summing to 1, labels (N,)."""
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    classes = list(range(len(class_names)))
+    pred = probs.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(labels, pred, labels=classes, zero_division=0)
+    present = [c for c in classes if (labels == c).any()]
+    auc_per_class = {}
+    for c in present:
+        if 0 < (labels == c).sum() < len(labels):
+            auc_per_class[class_names[c]] = float(roc_auc_score(labels == c, probs[:, c]))
+    ece, reliability = expected_calibration_error(probs, labels)
+    return {
+        "n": len(labels),
+        "accuracy": float(accuracy_score(labels, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
+        "macro_f1": float(f1_score(labels, pred, labels=classes, average="macro", zero_division=0)),
+        "auc_ovr": float(np.mean(list(auc_per_class.values()))) if auc_per_class else float("nan"),
+        "ece": ece,
+        "per_class": {class_names[c]: {"precision": float(precision[c]), "recall": float(recall[c]),
+                                       "f1": float(f1[c]), "support": int(support[c]),
+                                       "auc": auc_per_class.get(class_names[c])} for c in classes},
+        "confusion": confusion_matrix(labels, pred, labels=classes).tolist(),
+        "reliability": reliability,
+    }

@@ -164,3 +164,32 @@ def test_sharpness_drops_when_blurred(rng: np.random.Generator) -> None:
 def test_sharpness_rejects_wrong_shape() -> None:
     with pytest.raises(ValueError, match="images must be"):
         metrics.sharpness(np.zeros((2, 8, 8, 4), dtype=np.uint8))
+
+
+# --- classification ----------------------------------------------------------------------------------------------
+def test_classification_report_on_a_known_case():
+    from engine.metrics import classification_report
+
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    probs = np.array([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.2, 0.7, 0.1],
+                      [0.1, 0.8, 0.1], [0.3, 0.6, 0.1], [0.5, 0.1, 0.4]])
+    report = classification_report(probs, labels, ["a", "b", "c"])
+    assert report["accuracy"] == pytest.approx(4 / 6)
+    assert report["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert report["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
+    assert report["per_class"]["c"]["f1"] == 0 and report["per_class"]["c"]["support"] == 1
+    assert report["confusion"] == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert report["macro_f1"] == pytest.approx(np.mean([2 / 3, 0.8, 0.0]))
+    assert 0.5 < report["auc_ovr"] <= 1
+    assert sum(b["count"] for b in report["reliability"]) == 6
+
+
+def test_calibration_error_is_zero_when_confidence_matches_accuracy():
+    from engine.metrics import expected_calibration_error
+
+    labels = np.array([0, 1, 0, 1])
+    probs = np.array([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])
+    ece, bins = expected_calibration_error(probs, labels)
+    assert ece == pytest.approx(0) and bins[0]["accuracy"] == 0.5
+    overconfident = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    assert expected_calibration_error(overconfident, labels)[0] == pytest.approx(0.5)
