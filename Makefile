@@ -5,7 +5,10 @@ BIN    := $(VENV)/bin
 # Reinstall whenever pyproject.toml changes.
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install demo test test-fast lint bench clean
+PROFILE ?= tiny
+DATASET ?=
+
+.PHONY: install demo train test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +21,9 @@ install: $(STAMP)
 
 demo: install  ## start the engine on the default data (DermaMNIST via DERMAE_DATA, else phantom lesions)
 	$(BIN)/dermae demo
+
+train: install  ## MAE + teacher + distilled students (and real-only baselines) on the newest dataset version
+	$(BIN)/dermae train --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET))
 
 test: install  ## lint, then the whole suite (slow end-to-end tests included)
 	$(BIN)/ruff check .

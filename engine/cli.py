@@ -249,6 +249,66 @@ def pipeline(
         raise typer.Exit(max(codes))
 
 
+@app.command()
+def train(
+    profile: Annotated[str, typer.Option(help="smoke | tiny | paper (configs/).")] = "tiny",
+    dataset: Annotated[str | None, typer.Option(help="Dataset version; default: the newest (a real-only one is "
+                                                     "frozen if there is none).")] = None,
+    workspace: Workspace = None,
+) -> None:
+    """MAE pre-training, teacher fine-tune, students distilled on curated data and their real-only baselines,
+    each evaluated on the real test split; follows the run and prints the comparison table."""
+    from engine.client import Client, ServerNotFound
+    from engine.launcher import Launcher
+    from engine.pipelines import train_chain
+    from engine.profiles import load_profile
+
+    try:
+        chosen = load_profile(profile)
+    except ValueError as e:
+        _fail(str(e), code=2)
+    settings = _settings(workspace)
+    launcher = Launcher()
+    try:
+        try:
+            client = Client.from_settings(settings, timeout=60)
+            client.health()
+        except ServerNotFound:
+            typer.echo("no engine running for this workspace: starting one for this run", err=True)
+            launcher.start_server(settings, DEFAULT_HOST, 0)
+            client = Client.from_settings(settings, timeout=60)
+        if dataset is None:
+            versions = _call(client.datasets)
+            if versions:
+                dataset = versions[0].id
+            else:
+                dataset = _call(client.freeze_dataset, "real-only", "frozen by dermae train: no version existed").id
+                typer.echo(f"no dataset version yet: froze {dataset} (real images only)", err=True)
+        run = _call(client.submit_pipeline, train_chain(chosen, dataset))
+        typer.echo(f"pipeline {run.id} on dataset {dataset}")
+        codes = [_follow(client, job.id) for job in run.jobs]
+        _print_comparison(client, run.id)
+        raise typer.Exit(max(codes))
+    except KeyboardInterrupt:
+        typer.echo("\nstopped following; the jobs keep running in the engine" if not launcher.processes else
+                   "\nstopping the engine this command started (its jobs resume when it is started again)")
+    finally:
+        launcher.stop_all()
+
+
+def _print_comparison(client, pipeline_id: str) -> None:
+    rows = [j for j in _call(client.pipeline, pipeline_id).jobs if j.kind == "evaluate" and j.result]
+    if not rows:
+        return
+    typer.secho("\nreal test split", bold=True)
+    typer.echo(f"{'arm':<52}{'macro-F1':>9}{'bal.acc':>9}{'acc':>7}{'AUC':>7}{'params':>9}{'GFLOPs':>8}{'ms':>7}")
+    for job in rows:
+        r = job.result
+        typer.echo(f"{(r.get('arm') or r['arch'])[:51]:<52}{r['macro_f1']:>9.3f}{r['balanced_accuracy']:>9.3f}"
+                   f"{r['accuracy']:>7.3f}{r['auc_ovr']:>7.3f}{r['params'] / 1e6:>8.2f}M{r['gflops']:>8.3f}"
+                   f"{r['latency_ms']:>7.1f}")
+
+
 def _job_row(job) -> str:
     fraction = job.progress.fraction
     progress = f"{100 * fraction:5.1f}%" if fraction is not None else "     -"

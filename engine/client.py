@@ -33,6 +33,8 @@ from engine.schemas import (
     LogChunk,
     ManifestItem,
     MetricSeries,
+    ModelIn,
+    ModelInfo,
     PipelineInfo,
     PipelineSubmit,
     ScoresIn,
@@ -256,3 +258,17 @@ class Client:
         params = {k: v for k, v in dict(split=split, source=source).items() if v}
         response = self._request("GET", f"/datasets/{version_id}/manifest", params=params)
         return [DatasetItem.model_validate(r) for r in response.json()]
+
+    # models -----------------------------------------------------------------------------------------------
+    def models(self) -> list[ModelInfo]:
+        return [ModelInfo.model_validate(m) for m in self._request("GET", "/models").json()]
+
+    def served_model(self) -> ModelInfo:
+        return ModelInfo.model_validate(self._request("GET", "/models/served").json())
+
+    def serve_model(self, model_id: int) -> ModelInfo:
+        return ModelInfo.model_validate(self._request("POST", f"/models/{model_id}/serve").json())
+
+    def register_model(self, job_id: int, attempt: int, **entry: Any) -> ModelInfo:
+        body = ModelIn(attempt=attempt, **entry).model_dump(mode="json")
+        return ModelInfo.model_validate(self._request("POST", f"/jobs/{job_id}/models", json=body).json())

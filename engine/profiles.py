@@ -23,6 +23,7 @@ class Profile:
     name: str
     data: DataProfile
     jobs: dict[str, dict[str, Any]]  # job kind -> parameters, validated against the kind's Params
+    students: list[dict[str, Any]]  # [train.students]: distill parameters per student (arch, image_size …)
 
     def params(self, kind: str, **overrides: Any) -> dict[str, Any]:
         return {**self.jobs.get(kind, {}), **overrides}
@@ -49,7 +50,13 @@ def load_profile(name: str, config_dir: Path = CONFIG_DIR) -> Profile:
             get_kind(kind).params.model_validate(params)
         except (UnknownKind, ValidationError) as e:
             raise ValueError(f"{path}: [jobs.{kind}]: {e}") from None
-    unknown = sorted(set(raw) - {"data", "jobs"})
+    students = raw.get("train", {}).get("students", [])
+    for student in students:
+        try:
+            get_kind("distill").params.model_validate({**jobs.get("distill", {}), **student})
+        except ValidationError as e:
+            raise ValueError(f"{path}: [[train.students]] {student.get('arch')}: {e}") from None
+    unknown = sorted(set(raw) - {"data", "jobs", "train"})
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {unknown}")
-    return Profile(name=name, data=DataProfile(**section), jobs=jobs)
+    return Profile(name=name, data=DataProfile(**section), jobs=jobs, students=students)

@@ -313,3 +313,33 @@ class DatasetItem(BaseModel):
     lesion_id: str | None
     generation_job: int | None
     checkpoint: str | None
+
+
+# models --------------------------------------------------------------------------------------------------------
+class ModelIn(BaseModel, extra="forbid"):
+    attempt: int
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")
+    arch: str
+    image_size: int
+    dataset: str | None
+    classifier_path: str
+    torchscript_path: str
+    onnx_path: str
+    evaluation: dict[str, Any] | None
+    check_max_abs_diff: float
+
+
+class ModelInfo(BaseModel):
+    id: int
+    name: str
+    job_id: int
+    arch: str
+    image_size: int
+    dataset: str | None
+    classifier_path: str
+    torchscript_path: str
+    onnx_path: str
+    evaluation: dict[str, Any] | None
+    check_max_abs_diff: float
+    served: bool
+    created_at: datetime

@@ -9,13 +9,13 @@ from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from engine import __version__
-from engine.api import datasets, health, images, imports, jobs
+from engine.api import datasets, health, images, imports, jobs, models
 from engine.api.auth import require_token
 from engine.data.images import ImageProblem
 from engine.data.sources import SourceError
 from engine.jobs.scheduler import Scheduler
 from engine.settings import Settings, ensure_api_token
-from engine.store import JobConflict, Store, UnknownDataset, UnknownJob
+from engine.store import JobConflict, Store, UnknownDataset, UnknownJob, UnknownModel
 
 
 def create_app(settings: Settings, store: Store, scheduler: Scheduler | None = None) -> FastAPI:
@@ -45,6 +45,11 @@ def create_app(settings: Settings, store: Store, scheduler: Scheduler | None = N
     app.include_router(images.router, dependencies=protected)
     app.include_router(jobs.router, dependencies=protected)
     app.include_router(datasets.router, dependencies=protected)
+    app.include_router(models.router, dependencies=protected)
+
+    @app.exception_handler(UnknownModel)
+    def _unknown_model(_: Request, e: UnknownModel) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=status.HTTP_404_NOT_FOUND)
 
     @app.exception_handler(UnknownDataset)
     def _unknown_dataset(_: Request, e: UnknownDataset) -> JSONResponse:

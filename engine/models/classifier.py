@@ -59,3 +59,45 @@ def predict(model: torch.nn.Module, images: torch.Tensor, batch: int = 512) -> t
         feats.append(f)
         probs.append(F.softmax(model.head(f), dim=1))
     return torch.cat(probs), torch.cat(feats)
+
+
+def build_classifier(arch: str, num_classes: int, image_size: int, **kwargs) -> nn.Module:
+    """A timm model from scratch (pretrained=False: no downloads), or our SmallCNN ("small_cnn").
+    ViTs take img_size/patch_size; CNNs take any input size."""
+    if arch == "small_cnn":
+        return SmallCNN(num_classes, **kwargs)
+    import timm
+
+    if arch.startswith(("vit_", "deit_")):
+        kwargs = {"img_size": image_size, **kwargs}
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+def save_classifier(model: nn.Module, folder: Path, meta: dict) -> Path:
+    """`model.safetensors` + `classifier.json` (arch, image_size, kwargs, classes, …): what evaluate, export and
+    the demo load."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    (folder / "classifier.json").write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def load_classifier(folder: Path) -> tuple[nn.Module, dict]:
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / "classifier.json").read_text())
+    model = build_classifier(meta["arch"], len(meta["classes"]), meta["image_size"], **meta.get("kwargs", {}))
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    return model.eval(), meta
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float, alpha: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(teacher_T || student_T) (Hinton et al., 2015).
+    The T^2 keeps the soft term's gradients on the same scale whatever the temperature."""
+    hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
+                    F.log_softmax(teacher_logits / temperature, dim=1), reduction="batchmean", log_target=True)
+    return (1 - alpha) * hard + alpha * temperature**2 * soft

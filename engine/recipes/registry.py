@@ -8,7 +8,20 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from engine.recipes import finetune_sd, generate, score, selftest, train_ldm, train_reference, train_vae
+from engine.recipes import (
+    distill,
+    evaluate,
+    export,
+    finetune,
+    finetune_sd,
+    generate,
+    pretrain_mae,
+    score,
+    selftest,
+    train_ldm,
+    train_reference,
+    train_vae,
+)
 
 
 @dataclass(frozen=True)
@@ -20,7 +33,8 @@ class JobKind:
     then: str | None = None  # a kind the engine queues after each job of this kind (generate -> score)
 
 
-_MODULES = [selftest, train_reference, train_vae, train_ldm, finetune_sd, generate, score]
+_MODULES = [selftest, train_reference, train_vae, train_ldm, finetune_sd, generate, score, pretrain_mae, finetune,
+            distill, evaluate, export]
 KINDS: dict[str, JobKind] = {
     m.KIND: JobKind(m.KIND, m.Params, m.run, (m.__doc__ or "").strip().splitlines()[0], getattr(m, "THEN", None))
     for m in _MODULES

@@ -9,8 +9,9 @@ from engine.store.db import Database, StoreLocked
 from engine.store.images import ImageQueries
 from engine.store.jobs import JobConflict, JobQueries, UnknownJob
 from engine.store.migrations import LATEST_VERSION
+from engine.store.models import ModelQueries, UnknownModel
 
-__all__ = ["LATEST_VERSION", "JobConflict", "Store", "StoreLocked", "UnknownDataset", "UnknownJob"]
+__all__ = ["LATEST_VERSION", "JobConflict", "Store", "StoreLocked", "UnknownDataset", "UnknownJob", "UnknownModel"]
 
 
 class Store:
@@ -19,6 +20,7 @@ class Store:
         self.images = ImageQueries(self.db)
         self.jobs = JobQueries(self.db)
         self.datasets = DatasetQueries(self.db, path.parent / "datasets")
+        self.models = ModelQueries(self.db)
 
     @property
     def schema_version(self) -> int:

@@ -132,6 +132,24 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             n_images INTEGER NOT NULL
         );
     """),
+    (5, "exported models registered for serving", """
+        CREATE SEQUENCE model_seq START 1;
+        CREATE TABLE models (
+            id BIGINT PRIMARY KEY DEFAULT nextval('model_seq'),
+            name VARCHAR NOT NULL,
+            job_id BIGINT NOT NULL,
+            arch VARCHAR NOT NULL,
+            image_size INTEGER NOT NULL,
+            dataset VARCHAR,
+            classifier_path VARCHAR NOT NULL,
+            torchscript_path VARCHAR NOT NULL,
+            onnx_path VARCHAR NOT NULL,
+            evaluation JSON,
+            check_max_abs_diff DOUBLE NOT NULL,
+            served BOOLEAN NOT NULL DEFAULT FALSE,
+            created_at TIMESTAMP NOT NULL
+        );
+    """),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

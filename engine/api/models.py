@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, status
+
+from engine.schemas import ModelIn, ModelInfo, Problem
+
+router = APIRouter(tags=["models"])
+_ERRORS = {404: {"model": Problem}, 409: {"model": Problem}, 422: {"model": Problem}}
+
+
+@router.get("/models", response_model=list[ModelInfo])
+def list_models(request: Request) -> list[ModelInfo]:
+    """Exported students with their evaluation on real test data, newest first."""
+    return [ModelInfo(**m) for m in request.app.state.store.models.list()]
+
+
+@router.get("/models/served", response_model=ModelInfo, responses=_ERRORS)
+def served_model(request: Request) -> ModelInfo:
+    """The model the demo serves."""
+    model = request.app.state.store.models.served()
+    if model is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no model is marked served: export one, then serve it")
+    return ModelInfo(**model)
+
+
+@router.post("/models/{model_id}/serve", response_model=ModelInfo, responses=_ERRORS)
+def serve_model(model_id: int, request: Request) -> ModelInfo:
+    """Make this model the one the demo serves."""
+    return ModelInfo(**request.app.state.store.models.serve(model_id))
+
+
+@router.post("/jobs/{job_id}/models", response_model=ModelInfo, status_code=201, responses=_ERRORS)
+def register_model(job_id: int, body: ModelIn, request: Request) -> ModelInfo:
+    """An export job registers what it exported (paths inside the workspace)."""
+    store, workspace = request.app.state.store, request.app.state.settings.workspace.resolve()
+    store.jobs.assert_running(job_id, body.attempt)
+    for path in (body.classifier_path, body.torchscript_path, body.onnx_path):
+        resolved = (workspace / path).resolve()
+        if not resolved.is_relative_to(workspace) or not resolved.exists():
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{path} is not inside the workspace")
+    entry = body.model_dump(exclude={"attempt"}) | {"job_id": job_id}
+    return ModelInfo(**store.models.register(entry))

@@ -1,0 +1,91 @@
+"""evaluate: a classifier on the REAL test split of its dataset version — never synthetic images, never used to
+choose a model. Accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1, confusion matrix,
+one-vs-rest ROC-AUC, calibration (ECE, reliability diagram); parameters, FLOPs and batch-1 CPU latency. Stored as
+metrics, a JSON report and an HTML report with plotly figures."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from engine.jobs.context import JobContext
+
+KIND = "evaluate"
+
+
+class Params(BaseModel, extra="forbid"):
+    model: str | None = Field(None, description="Classifier folder; default: the upstream job's classifier.")
+    dataset: str | None = Field(None, description="Default: the version the model was trained on.")
+    arm: str | None = Field(None, max_length=100, description="A name for comparison tables.")
+    latency_runs: int = Field(30, ge=1, le=1000)
+
+
+def report_html(report: dict, title: str) -> str:
+    """Confusion matrix, per-class F1 and the reliability diagram as one self-contained HTML page."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    classes = list(report["per_class"])
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("Confusion (rows: true)", "Per-class F1", "Reliability"))
+    fig.add_trace(go.Heatmap(z=report["confusion"], x=classes, y=classes, colorscale="Blues", showscale=False,
+                             text=report["confusion"], texttemplate="%{text}"), row=1, col=1)
+    fig.add_trace(go.Bar(x=classes, y=[report["per_class"][c]["f1"] for c in classes]), row=1, col=2)
+    bins = report["reliability"]
+    fig.add_trace(go.Scatter(x=[b["confidence"] for b in bins], y=[b["accuracy"] for b in bins],
+                             mode="lines+markers", name="model"), row=1, col=3)
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot"}, name="perfect"), row=1, col=3)
+    fig.update_yaxes(autorange="reversed", row=1, col=1)
+    fig.update_layout(title=f"{title} — macro-F1 {report['macro_f1']:.3f}, balanced acc "
+                            f"{report['balanced_accuracy']:.3f}, acc {report['accuracy']:.3f}, ECE {report['ece']:.3f}",
+                      showlegend=False, height=450, width=1350)
+    return fig.to_html(include_plotlyjs=True, full_html=True)
+
+
+def run(params: Params, ctx: JobContext) -> dict:
+    import json
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from engine.data.labels import CLASSES
+    from engine.data.tensors import labels_of, load_array, to_model_input
+    from engine.metrics import classification_report
+    from engine.models.classifier import load_classifier
+    from engine.models.profiling import count_flops, count_parameters, latency_ms
+    from engine.recipes.common import artifact_path
+
+    folder = artifact_path(ctx, "classifier", params.model, "distill")
+    model, meta = load_classifier(folder)
+    version = params.dataset or meta["dataset"]
+    items = [i.model_dump() for i in ctx.api.dataset_manifest(version, split="test", source="real")]
+    x = to_model_input(load_array(ctx.workspace, items, meta["image_size"]))
+    y = labels_of(items)
+    ctx.progress(0, 2, f"predicting {len(y)} real test images")
+    with torch.no_grad():
+        probs = torch.cat([F.softmax(model(x[i:i + 256]), 1) for i in range(0, len(x), 256)]).numpy()
+    report = classification_report(probs, np.asarray(y), CLASSES)
+    ctx.progress(1, 2, "measuring cost")
+    report["cost"] = {"params": count_parameters(model), "flops": count_flops(model, meta["image_size"]),
+                      "latency_ms": latency_ms(model, meta["image_size"], params.latency_runs),
+                      "latency_ms_fast": latency_ms(model, meta["image_size"], params.latency_runs, fast=True)}
+    report |= {"model": str(folder), "arch": meta["arch"], "image_size": meta["image_size"], "dataset": version,
+               "arm": params.arm, "split": "test (real)", "trained": {k: meta.get(k) for k in
+                                                                    ("use_synthetic", "distilled", "role")}}
+    for name in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "ece"):
+        ctx.log_metric(f"test/{name}", report[name], 0)
+    for cls, row in report["per_class"].items():
+        ctx.log_metric(f"test/f1/{cls}", row["f1"], 0)
+    ctx.log(f"{params.arm or meta['arch']}: test macro-F1 {report['macro_f1']:.3f}, balanced acc "
+            f"{report['balanced_accuracy']:.3f}, acc {report['accuracy']:.3f}, AUC {report['auc_ovr']:.3f}, "
+            f"{report['cost']['params'] / 1e6:.2f}M params, {report['cost']['flops'] / 1e9:.3f} GFLOPs, "
+            f"{report['cost']['latency_ms']:.1f} ms")
+    path = ctx.artifact_dir / "evaluation.json"
+    path.write_text(json.dumps(report, indent=2))
+    ctx.save_artifact(path, "evaluation")
+    html = ctx.artifact_dir / "evaluation.html"
+    html.write_text(report_html(report, params.arm or meta["arch"]))
+    ctx.save_artifact(html, "evaluation_report")
+    ctx.progress(2, 2, "done")
+    return {k: report[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "ece")} | {
+        "arm": params.arm, "arch": meta["arch"], "params": report["cost"]["params"],
+        "gflops": report["cost"]["flops"] / 1e9, "latency_ms": report["cost"]["latency_ms"]}

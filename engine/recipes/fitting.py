@@ -1,0 +1,149 @@
+"""The classifier training loop shared by `finetune` (teacher) and `distill` (students), readable top to bottom.
+
+Data comes from a frozen dataset version: real train (+ accepted synthetic when `use_synthetic`), real val for
+model selection (best macro-F1 is kept), never test. Batches are class-balanced by sampling weight, augmented
+with the eight flips/rotations and colour jitter; AdamW with layer-wise lr decay (timm), warm-up then cosine;
+with a teacher, the loss is Hinton distillation at temperature T.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from engine.jobs.context import JobContext, Stopped
+
+
+class FitParams(BaseModel, extra="forbid"):
+    dataset: str | None = Field(None, description="Dataset version id; default: the newest.")
+    arch: str = Field("efficientnet_b0", description="timm architecture (pretrained=False) or small_cnn.")
+    image_size: int = Field(64, ge=16, le=1024)
+    arch_kwargs: dict[str, Any] = Field({}, description="Extra timm arguments, e.g. patch_size for a ViT.")
+    use_synthetic: bool = Field(True, description="Train on real + accepted synthetic (False: real only).")
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    layer_decay: float | None = Field(None, gt=0, le=1, description="Layer-wise lr decay (ViTs: ~0.65-0.75).")
+    class_balance: float = Field(0.5, ge=0, le=1, description="Sampling ∝ n^-x: 0 natural, 1 uniform classes.")
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    eval_every: int = Field(250, ge=1)
+    seed: int = 0
+
+
+def dataset_id(ctx: JobContext, given: str | None) -> str:
+    if given:
+        return given
+    versions = ctx.api.datasets()
+    if not versions:
+        raise RuntimeError("no dataset version: freeze one first (dermae datasets freeze NAME)")
+    return versions[0].id
+
+
+def version_arrays(ctx: JobContext, version: str, split: str, size: int, use_synthetic: bool = False):
+    """uint8 (N, size, size, 3) and int labels of a split of a dataset version."""
+    from engine.data.tensors import labels_of, load_array
+
+    items = [i.model_dump() for i in ctx.api.dataset_manifest(version, split=split)
+             if use_synthetic or i.source == "real"]
+    if not items:
+        raise RuntimeError(f"dataset {version} has no {split} images")
+    return load_array(ctx.workspace, items, size), labels_of(items)
+
+
+def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size: int | None = None,
+        temperature: float = 4.0, alpha: float = 0.5, meta: dict | None = None) -> dict:
+    """Train `model` in place, keeping the best val macro-F1 weights as a `classifier` artifact. Returns the best
+    validation figures."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from timm.optim import create_optimizer_v2
+
+    from engine.data.augment import colour_jitter, dihedral
+    from engine.data.labels import CLASSES
+    from engine.data.tensors import to_model_input
+    from engine.metrics import classification_report
+    from engine.models.classifier import distillation_loss, save_classifier
+    from engine.recipes.common import class_weights
+
+    torch.manual_seed(params.seed)
+    version = dataset_id(ctx, params.dataset)
+    x_train, y_train = version_arrays(ctx, version, "train", params.image_size, params.use_synthetic)
+    x_val, y_val = version_arrays(ctx, version, "val", params.image_size)
+    sources = "real + synthetic" if params.use_synthetic else "real"
+    distilling = f", distilling at T={temperature}, alpha={alpha}" if teacher is not None else ""
+    ctx.log(f"{params.arch} on {version}: {len(y_train)} train ({sources}), {len(y_val)} val, "
+            f"{params.image_size}px{distilling}")
+    x_train_t, x_val_t, y_train_t = to_model_input(x_train), to_model_input(x_val), torch.as_tensor(y_train)
+    weights = class_weights(y_train, params.class_balance, len(CLASSES))
+
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=params.lr, weight_decay=params.weight_decay,
+                                    layer_decay=params.layer_decay)
+    for group in optimizer.param_groups:  # timm sets lr_scale per group for layer decay
+        group.setdefault("lr_scale", 1.0)
+
+    def lr_at(step: int) -> float:
+        if step < params.warmup_steps:
+            return params.lr * (step + 1) / params.warmup_steps
+        progress = (step - params.warmup_steps) / max(1, params.steps - params.warmup_steps)
+        return params.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    start, best = 0, {"macro_f1": -1.0}
+    checkpoint = ctx.latest_checkpoint()
+    if checkpoint is not None:
+        state = torch.load(checkpoint.path / "state.pt", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, best = state["step"], state["best"]
+        ctx.log(f"resuming at step {start}")
+    out = ctx.artifact_dir / "classifier"
+    generator = torch.Generator().manual_seed(params.seed + start)
+    meta = {"arch": params.arch, "image_size": params.image_size, "kwargs": params.arch_kwargs,
+            "classes": list(CLASSES), "dataset": version, "use_synthetic": params.use_synthetic,
+            "distilled": teacher is not None, **(meta or {})}
+
+    for step in range(start + 1, params.steps + 1):
+        model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step - 1) * group["lr_scale"]
+        idx = torch.multinomial(weights, params.batch_size, replacement=True, generator=generator)
+        x = colour_jitter(dihedral(x_train_t[idx], generator), generator=generator)
+        logits = model(x)
+        if teacher is not None:
+            with torch.no_grad():
+                tx = x if teacher_size in (None, params.image_size) else \
+                    F.interpolate(x, size=teacher_size, mode="bilinear", antialias=True, align_corners=False)
+                teacher_logits = teacher(tx)
+            loss = distillation_loss(logits, teacher_logits, y_train_t[idx], temperature, alpha,
+                                     params.label_smoothing)
+        else:
+            loss = F.cross_entropy(logits, y_train_t[idx], label_smoothing=params.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        ctx.log_metric("train/loss", loss.item(), step)
+        ctx.progress(step, params.steps, f"loss {loss.item():.3f}")
+
+        if step % params.eval_every == 0 or step == params.steps:
+            model.eval()
+            with torch.no_grad():
+                probs = torch.cat([F.softmax(model(x_val_t[i:i + 256]), 1) for i in range(0, len(x_val_t), 256)])
+            report = classification_report(probs.numpy(), np.asarray(y_val), CLASSES)
+            for name in ("macro_f1", "balanced_accuracy", "accuracy"):
+                ctx.log_metric(f"val/{name}", report[name], step)
+            ctx.log(f"step {step}: val macro-F1 {report['macro_f1']:.3f}, balanced acc "
+                    f"{report['balanced_accuracy']:.3f}, acc {report['accuracy']:.3f}")
+            if report["macro_f1"] > best["macro_f1"]:  # model selection on val only
+                best = {k: report[k] for k in ("macro_f1", "balanced_accuracy", "accuracy")} | {"step": step}
+                save_classifier(model, out, meta | {"val": best})
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "best": best}
+            ctx.save_checkpoint(step, lambda folder, s=state: torch.save(s, folder / "state.pt"))
+            if ctx.should_stop():
+                raise Stopped(f"stopped at step {step}")
+    ctx.save_artifact(out, "classifier")
+    return best

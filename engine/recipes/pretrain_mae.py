@@ -1,0 +1,108 @@
+"""pretrain_mae: masked-autoencoder pre-training of the teacher's ViT encoder on a dataset version's images —
+its accepted synthetic images and, by default, its real train images too (the DerMAE recipe). Masking 75% per
+sample, fixed sin-cos positions, a light decoder, normalised-pixel loss; reconstruction grids as artifacts.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from engine.jobs.context import JobContext, Stopped
+
+KIND = "pretrain_mae"
+
+
+class Params(BaseModel, extra="forbid"):
+    dataset: str | None = Field(None, description="Dataset version id; default: the newest.")
+    encoder: str = Field("vit_tiny_patch16_224", description="timm ViT of any size (tiny/small/base/huge).")
+    image_size: int = Field(32, ge=16, le=1024)
+    patch_size: int = Field(4, ge=2, le=32)
+    encoder_kwargs: dict = Field({}, description="e.g. depth, embed_dim overrides for small profiles.")
+    decoder_dim: int = Field(128, ge=16)
+    decoder_depth: int = Field(2, ge=1)
+    decoder_heads: int = Field(4, ge=1)
+    mask_ratio: float = Field(0.75, gt=0, lt=1)
+    norm_pix_loss: bool = True
+    use_real: bool = Field(True, description="Pre-train on real train images as well as synthetic ones.")
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(1.5e-4, gt=0, description="Base lr per 256 images (scaled by batch size, as in MAE).")
+    warmup_steps: int = Field(200, ge=0)
+    grid_every: int = Field(1000, ge=1)
+    seed: int = 0
+
+
+def run(params: Params, ctx: JobContext) -> dict:
+    import math
+
+    import torch
+
+    from engine.data.augment import dihedral
+    from engine.data.tensors import grid_png, to_model_input
+    from engine.models.classifier import save_classifier
+    from engine.models.mae import MaskedAutoencoder
+    from engine.recipes.fitting import dataset_id, version_arrays
+
+    torch.manual_seed(params.seed)
+    version = dataset_id(ctx, params.dataset)
+    items = [i for i in ctx.api.dataset_manifest(version, split="train")
+             if i.source == "synthetic" or params.use_real]
+    if not items:
+        raise RuntimeError(f"dataset {version} has no images to pre-train on (use_real={params.use_real})")
+    x, _ = version_arrays(ctx, version, "train", params.image_size, use_synthetic=True)
+    if not params.use_real:
+        keep = torch.tensor([i.source == "synthetic" for i in ctx.api.dataset_manifest(version, split="train")])
+        x = x[keep.numpy()]
+    x = to_model_input(x)
+    mae = MaskedAutoencoder(params.encoder, params.image_size, params.patch_size, params.decoder_dim,
+                            params.decoder_depth, params.decoder_heads, params.norm_pix_loss, **params.encoder_kwargs)
+    lr = params.lr * params.batch_size / 256
+    optimizer = torch.optim.AdamW([p for p in mae.parameters() if p.requires_grad], lr, betas=(0.9, 0.95),
+                                  weight_decay=0.05)
+    ctx.log(f"MAE {params.encoder} ({sum(p.numel() for p in mae.encoder.parameters()) / 1e6:.1f}M encoder "
+            f"parameters) on {len(x)} images of {version}")
+    start = 0
+    checkpoint = ctx.latest_checkpoint()
+    if checkpoint is not None:
+        state = torch.load(checkpoint.path / "state.pt", weights_only=False)
+        mae.load_state_dict(state["mae"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        ctx.log(f"resuming at step {start}")
+    generator = torch.Generator().manual_seed(params.seed + start)
+    fixed = x[:16]
+
+    def grid(step: int) -> None:
+        mae.eval()
+        recon = mae.reconstruct(fixed, params.mask_ratio, seed=0)
+        pair = torch.cat([fixed, recon])
+        path = grid_png(((pair + 1) * 127.5).round().to(torch.uint8), 2,
+                        ctx.artifact_dir / f"reconstructions-step{step:07d}.png")
+        ctx.save_artifact(path, "reconstruction_grid")
+        mae.train()
+
+    mae.train()
+    for step in range(start + 1, params.steps + 1):
+        progress = max(0, step - params.warmup_steps) / max(1, params.steps - params.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * min(1.0, step / max(1, params.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * progress))
+        idx = torch.randint(0, len(x), (params.batch_size,), generator=generator)
+        loss, _, _ = mae(dihedral(x[idx], generator), params.mask_ratio, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        ctx.log_metric("train/loss", loss.item(), step)
+        ctx.progress(step, params.steps, f"loss {loss.item():.4f}")
+        if step % params.grid_every == 0 or step == params.steps:
+            grid(step)
+            state = {"mae": mae.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+            ctx.save_checkpoint(step, lambda folder, s=state: torch.save(s, folder / "state.pt"))
+            if ctx.should_stop():
+                raise Stopped(f"stopped at step {step}")
+
+    out = save_classifier(mae.encoder, ctx.artifact_dir / "encoder", {
+        "arch": params.encoder, "image_size": params.image_size,
+        "kwargs": {"patch_size": params.patch_size, **params.encoder_kwargs}, "classes": [], "dataset": version,
+        "mae": {"mask_ratio": params.mask_ratio, "steps": params.steps, "use_real": params.use_real}})
+    ctx.save_artifact(out, "mae_encoder")
+    return {"steps": params.steps, "final_loss": loss.item() if params.steps > start else None, "images": len(x)}

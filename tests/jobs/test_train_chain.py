@@ -1,0 +1,73 @@
+"""`dermae train`'s chain end to end with the smoke profile: dataset version -> MAE -> teacher -> students
+(baseline and curated arms) -> evaluation on the real test split -> export registered for serving."""
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from engine.pipelines import train_chain
+from engine.profiles import load_profile
+from tests.processes import start_server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    server = start_server(tmp_path_factory.mktemp("train") / "ws")
+    client = server.client()
+    client.import_data("phantom", phantom_size=140)
+    version = client.freeze_dataset("phantom-real", "smoke test")
+    run = client.submit_pipeline(train_chain(load_profile("smoke"), version.id))
+    jobs = {j.pipeline_key: client.wait_for_job(j.id, timeout=900) for j in run.jobs}
+    yield server, client, version, jobs
+    server.stop()
+
+
+def test_every_stage_succeeds(trained):
+    *_, jobs = trained
+    failed = {k: j.error for k, j in jobs.items() if j.state != "succeeded"}
+    assert not failed
+
+
+def test_the_teacher_starts_from_the_mae_encoder(trained):
+    server, client, _, jobs = trained
+    assert jobs["teacher"].result["mae"] is True
+    kinds = {a.kind for a in client.job_artifacts(jobs["mae"].id)}
+    assert {"mae_encoder", "reconstruction_grid"} <= kinds
+    assert "initialised from the MAE encoder" in client.job_logs(jobs["teacher"].id).text
+
+
+def test_arms_differ_only_in_their_flags_and_are_evaluated_on_real_test(trained):
+    server, client, version, jobs = trained
+    test_real = sum(version.counts["real"]["test"].values())
+    for arm in ("baseline", "curated"):
+        for student in ("efficientnet_b0", "vit_tiny_patch16_224"):
+            result = jobs[f"{arm}.{student}.eval"].result
+            assert result["arch"] == student and 0 <= result["macro_f1"] <= 1
+            report_artifact = next(a for a in client.job_artifacts(jobs[f"{arm}.{student}.eval"].id)
+                                   if a.kind == "evaluation")
+            report = json.loads((server.settings.workspace / report_artifact.path).read_text())
+            assert report["split"] == "test (real)" and report["n"] == test_real
+            assert report["cost"]["params"] > 0 and report["cost"]["flops"] > 0
+            assert len(report["confusion"]) == 7 and report["reliability"]
+            assert report["trained"]["distilled"] is (arm == "curated")
+    assert "distilling at T=" in client.job_logs(jobs["curated.efficientnet_b0"].id).text
+    assert "(real)" in client.job_logs(jobs["baseline.efficientnet_b0"].id).text
+
+
+def test_the_export_matches_pytorch_and_is_registered_with_its_evaluation(trained):
+    server, client, _, jobs = trained
+    export = jobs["curated.efficientnet_b0.export"].result
+    assert export["evaluated"] and max(export["max_abs_diff"].values()) < 1e-3
+    (model,) = client.models()
+    assert model.id == export["model_id"] and model.evaluation["arm"].startswith("efficientnet_b0")
+    ws = server.settings.workspace
+    x = torch.rand(2, 3, model.image_size, model.image_size) * 2 - 1
+    scripted = torch.jit.load(str(ws / model.torchscript_path))(x).detach().numpy()
+    onnx = ort.InferenceSession(str(ws / model.onnx_path)).run(None, {"image": x.numpy()})[0]
+    assert np.abs(scripted - onnx).max() < 1e-3
+    assert client.serve_model(model.id).served and client.served_model().id == model.id
