@@ -34,7 +34,7 @@ def test_every_stage_succeeds(trained):
 
 
 def test_the_teacher_starts_from_the_mae_encoder(trained):
-    server, client, _, jobs = trained
+    _, client, _, jobs = trained
     assert jobs["teacher"].result["mae"] is True
     kinds = {a.kind for a in client.job_artifacts(jobs["mae"].id)}
     assert {"mae_encoder", "reconstruction_grid"} <= kinds
