@@ -100,15 +100,16 @@ class LatentDiffusion(torch.nn.Module):
         return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
     def training_loss(self, latents: torch.Tensor, labels: torch.Tensor, cond_dropout: float = 0.1,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-        """Epsilon-prediction MSE on scaled latents; labels (B,) dropped to the null class w.p. cond_dropout."""
-        b = latents.shape[0]
-        noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=generator)
-        drop = torch.rand(b, generator=generator) < cond_dropout
+                      generator: torch.Generator | None = None, unet: torch.nn.Module | None = None) -> torch.Tensor:
+        """Epsilon-prediction MSE on scaled latents; labels (B,) dropped to the null class w.p. cond_dropout.
+        `unet`: the module to train through, e.g. this model's UNet as wrapped by accelerate (DDP)."""
+        b, device = latents.shape[0], latents.device
+        noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(device)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
+        drop = (torch.rand(b, generator=generator) < cond_dropout).to(device)
         labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        return F.mse_loss(self.unet(noisy, t, class_labels=labels).sample, noise)
+        return F.mse_loss((unet or self.unet)(noisy, t, class_labels=labels).sample, noise)
 
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, guidance_scale: float = 3.0, num_inference_steps: int = 25,

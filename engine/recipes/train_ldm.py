@@ -36,6 +36,7 @@ class Params(BaseModel, extra="forbid"):
 
 def run(params: Params, ctx: JobContext) -> dict:
     import torch
+    from accelerate import Accelerator
     from diffusers import AutoencoderKL
     from diffusers.training_utils import EMAModel
 
@@ -43,12 +44,14 @@ def run(params: Params, ctx: JobContext) -> dict:
     from engine.data.labels import CLASSES
     from engine.data.tensors import grid_png, to_model_input
     from engine.models.ldm import LatentDiffusion, UNetConfig, build_unet, new_noise_scheduler
-    from engine.recipes.common import artifact_path, class_weights, device, real_split
+    from engine.recipes.common import artifact_path, class_weights, real_split
 
     if len(params.attention) != len(params.channels):
         raise ValueError("attention needs one entry per level of channels")
-    torch.manual_seed(params.seed)
-    dev = device()
+    # One code path for CPU, one GPU, or many under `accelerate launch` (gradients averaged across processes).
+    accelerator = Accelerator(mixed_precision="bf16" if params.mixed_precision else "no")
+    dev = accelerator.device
+    torch.manual_seed(params.seed + accelerator.process_index)
     vae_dir = artifact_path(ctx, "vae_model", params.vae, "train_vae")
     vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).to(dev).eval()
     size = int(vae.config.sample_size)
@@ -81,8 +84,9 @@ def run(params: Params, ctx: JobContext) -> dict:
 
     weights = class_weights(labels, params.class_balance, len(CLASSES))
     y = torch.as_tensor(labels)
-    generator = torch.Generator().manual_seed(params.seed + start)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=params.mixed_precision)
+    training_unet, optimizer = accelerator.prepare(unet, optimizer)
+    # each process draws its own batches
+    generator = torch.Generator().manual_seed(params.seed + start + 1000 * accelerator.process_index)
 
     def sample_grid(step: int) -> None:
         ema.store(unet.parameters())
@@ -97,17 +101,17 @@ def run(params: Params, ctx: JobContext) -> dict:
     for step in range(start + 1, params.steps + 1):
         idx = torch.multinomial(weights, params.batch_size, replacement=True, generator=generator)
         z = dihedral(latents[idx], generator).to(dev)
-        with autocast:
-            loss = model.training_loss(z, y[idx].to(dev), params.cond_dropout, generator=None)
+        with accelerator.autocast():  # the wrapped UNet (DDP) trains; the plain one samples and is saved
+            loss = model.training_loss(z, y[idx].to(dev), params.cond_dropout, unet=training_unet)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
         warmup.step()
         ema.step(unet.parameters())
         ctx.log_metric("train/loss", loss.item(), step)
         ctx.progress(step, params.steps, f"loss {loss.item():.4f}")
-        if step % params.grid_every == 0:
+        if step % params.grid_every == 0 and ctx.is_main:
             unet.eval()
             sample_grid(step)
             unet.train()
@@ -119,10 +123,11 @@ def run(params: Params, ctx: JobContext) -> dict:
                 raise Stopped(f"stopped at step {step}")
 
     unet.eval()
-    if params.steps % params.grid_every:
-        sample_grid(params.steps)
     ema.copy_to(unet.parameters())
-    out = ctx.artifact_dir / "ldm"
-    model.save_pretrained(out)
-    ctx.save_artifact(out, "ldm_model")
+    if ctx.is_main:
+        if params.steps % params.grid_every:
+            sample_grid(params.steps)
+        out = ctx.artifact_dir / "ldm"
+        model.save_pretrained(out)
+        ctx.save_artifact(out, "ldm_model")
     return {"steps": params.steps, "final_loss": loss.item() if params.steps > start else None}
