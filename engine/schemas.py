@@ -316,8 +316,7 @@ class DatasetItem(BaseModel):
 
 
 # models --------------------------------------------------------------------------------------------------------
-class ModelIn(BaseModel, extra="forbid"):
-    attempt: int
+class _ModelFields(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")
     arch: str
     image_size: int
@@ -329,17 +328,12 @@ class ModelIn(BaseModel, extra="forbid"):
     check_max_abs_diff: float
 
 
-class ModelInfo(BaseModel):
+class ModelIn(_ModelFields, extra="forbid"):
+    attempt: int
+
+
+class ModelInfo(_ModelFields):
     id: int
-    name: str
     job_id: int
-    arch: str
-    image_size: int
-    dataset: str | None
-    classifier_path: str
-    torchscript_path: str
-    onnx_path: str
-    evaluation: dict[str, Any] | None
-    check_max_abs_diff: float
     served: bool
     created_at: datetime

@@ -18,6 +18,13 @@ from engine.settings import Settings, ensure_api_token
 from engine.store import JobConflict, Store, UnknownDataset, UnknownJob, UnknownModel
 
 
+def _status_handler(code: int):
+    def handle(_: Request, e: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=code)
+
+    return handle
+
+
 def create_app(settings: Settings, store: Store, scheduler: Scheduler | None = None) -> FastAPI:
     """The API over `store`. With a scheduler, it starts with the app (recovering jobs a dead server left
     running) and stops with it (stopping job processes, which re-queue)."""
@@ -47,21 +54,9 @@ def create_app(settings: Settings, store: Store, scheduler: Scheduler | None = N
     app.include_router(datasets.router, dependencies=protected)
     app.include_router(models.router, dependencies=protected)
 
-    @app.exception_handler(UnknownModel)
-    def _unknown_model(_: Request, e: UnknownModel) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, status_code=status.HTTP_404_NOT_FOUND)
-
-    @app.exception_handler(UnknownDataset)
-    def _unknown_dataset(_: Request, e: UnknownDataset) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, status_code=status.HTTP_404_NOT_FOUND)
-
-    @app.exception_handler(UnknownJob)
-    def _unknown_job(_: Request, e: UnknownJob) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, status_code=status.HTTP_404_NOT_FOUND)
-
-    @app.exception_handler(JobConflict)
-    def _job_conflict(_: Request, e: JobConflict) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, status_code=status.HTTP_409_CONFLICT)
+    # Errors the store raises map to HTTP statuses here, once, instead of a try/except in every endpoint.
+    for error, code in ((UnknownJob, 404), (UnknownDataset, 404), (UnknownModel, 404), (JobConflict, 409)):
+        app.add_exception_handler(error, _status_handler(code))
 
     @app.exception_handler(SourceError)
     def _source_error(_: Request, e: SourceError) -> JSONResponse:

@@ -5,14 +5,6 @@ import torch
 from engine.models.mae import MaskedAutoencoder, sincos_2d
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def mae():
     torch.manual_seed(0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +25,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 NUM_CLASSES = 7
 RES = 32  # image side; the 3-level VAE downsamples by 4, so latents are 8x8 (the UNet's sample_size)
 STEPS = 3  # inference steps in tests; enough to exercise DPM-Solver++'s second-order update
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_cpu_thread() -> Iterator[None]:
-    """The models are tiny, so one thread is fastest; with several, a busy machine slows these tests 100-fold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
