@@ -437,10 +437,12 @@ def datasets_freeze(
     name: Annotated[str, typer.Argument(help="Letters, digits, - _ .")],
     note: Annotated[str | None, typer.Option(help="Why this version exists.")] = None,
     accepts: Annotated[int, typer.Option(help="Policy: this many accepts and no reject.")] = 1,
+    selection: Annotated[str, typer.Option(help="reviewed | scores (automatic) | all (unreviewed) | none")]
+    = "reviewed",
     workspace: Workspace = None,
 ) -> None:
     """Freeze the curated set (all real images + accepted synthetic ones) as a new immutable version."""
-    version = _call(_client(workspace).freeze_dataset, name, note, accepts_needed=accepts)
+    version = _call(_client(workspace).freeze_dataset, name, note, accepts_needed=accepts, selection=selection)
     typer.echo(version.id)
     typer.echo(_version_row(version), err=True)
 

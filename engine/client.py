@@ -243,8 +243,10 @@ class Client:
 
     # dataset versions -------------------------------------------------------------------------------------
     def freeze_dataset(self, name: str, note: str | None = None, *, accepts_needed: int = 1,
-                       targets: dict[str, int] | None = None) -> DatasetVersion:
-        body = DatasetFreeze(name=name, note=note, accepts_needed=accepts_needed, targets=targets)
+                       targets: dict[str, int] | None = None, selection: str = "reviewed",
+                       min_intended_prob: float = 0.5) -> DatasetVersion:
+        body = DatasetFreeze(name=name, note=note, accepts_needed=accepts_needed, targets=targets,
+                             selection=selection, min_intended_prob=min_intended_prob)
         return DatasetVersion.model_validate(self._request("POST", "/datasets", json=body.model_dump()).json())
 
     def datasets(self) -> list[DatasetVersion]:

@@ -289,6 +289,10 @@ class DatasetFreeze(BaseModel, extra="forbid"):
     note: str | None = Field(None, max_length=2000)
     accepts_needed: int = Field(1, ge=1, le=20, description="Policy: k accepts and no reject.")
     targets: dict[str, int] | None = Field(None, description="At most this many synthetic images per class.")
+    selection: str = Field("reviewed", pattern=r"^(reviewed|scores|all|none)$",
+                           description="reviewed: accepted under the policy; scores: automatic curation by the "
+                                       "score job; all: every generated image; none: real only.")
+    min_intended_prob: float = Field(0.5, ge=0, le=1, description="For selection=scores.")
 
 
 class DatasetVersion(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,19 +20,44 @@ from engine.files import sha256_file
 from engine.store.db import Database
 from engine.store.images import _REVIEW_STATUS_SQL
 
+# Which synthetic images a version takes (parameters: accepts needed, selection, min intended prob, targets):
+#   reviewed  accepted under the policy: k accepts and no reject (the product's curation)
+#   scores    automatic curation by the score job's numbers: intended-class probability at least the minimum, not
+#             a near-copy of a real image, one image per near-duplicate group (a stand-in for clinicians, used by
+#             the benchmark to measure what curation is worth)
+#   all       every generated image, unreviewed (the uncurated arm)
+#   none      real images only
 MANIFEST_SQL = f"""
-WITH accepted AS (
-    SELECT i.id, i.label, row_number() OVER (PARTITION BY i.label ORDER BY i.created_at, i.id) AS rank
-    FROM images i JOIN ({_REVIEW_STATUS_SQL}) r ON r.id = i.id WHERE r.status = 'accepted'
+WITH status AS ({_REVIEW_STATUS_SQL}),
+scored AS (
+    SELECT i.id, i.label, i.created_at, st.status,
+           max(s.value) FILTER (s.name = 'intended_prob') AS intended,
+           max(s.value) FILTER (s.name = 'near_copy') AS near_copy,
+           max(s.value) FILTER (s.name = 'dup_group') AS dup_group,
+           max(s.job_id) FILTER (s.name = 'dup_group') AS score_job
+    FROM images i JOIN status st ON st.id = i.id LEFT JOIN scores s ON s.image_id = i.id
+    GROUP BY i.id, i.label, i.created_at, st.status
+), chosen AS (
+    SELECT id, label, created_at FROM scored
+    WHERE CASE $selection
+        WHEN 'reviewed' THEN status = 'accepted'
+        WHEN 'all' THEN TRUE
+        WHEN 'scores' THEN coalesce(intended, 0) >= $min_intended AND coalesce(near_copy, 0) = 0
+                           AND (coalesce(dup_group, -1) < 0 OR id = (SELECT min(d.id) FROM scored d
+                                WHERE d.score_job = scored.score_job AND d.dup_group = scored.dup_group))
+        ELSE FALSE END
+), ranked AS (
+    SELECT id, label, row_number() OVER (PARTITION BY label ORDER BY created_at, id) AS rank FROM chosen
 )
 SELECT i.id, i.label, coalesce(i.split, 'train') AS split, i.source, i.path, i.lesion_id, i.generation_job,
        i.checkpoint
 FROM images i
 WHERE i.source = 'real'
-   OR i.id IN (SELECT a.id FROM accepted a WHERE a.rank <= coalesce(json_extract(?::JSON, '$.' || a.label)::INTEGER,
-                                                                    2147483647))
+   OR i.id IN (SELECT r.id FROM ranked r
+               WHERE r.rank <= coalesce(json_extract($targets::JSON, '$.' || r.label)::INTEGER, 2147483647))
 ORDER BY i.source, coalesce(i.split, 'train'), i.id
 """
+SELECTIONS = ("reviewed", "scores", "all", "none")
 
 
 class UnknownDataset(LookupError):
@@ -43,15 +69,27 @@ class DatasetQueries:
         self.db = db
         self.datasets_dir = datasets_dir
 
-    def freeze(self, name: str, note: str | None, accepts_needed: int = 1,
-               targets: dict[str, int] | None = None) -> dict[str, Any]:
-        """Write the manifest of the curated set and record the version, in one transaction."""
+    def freeze(self, name: str, note: str | None, accepts_needed: int = 1, targets: dict[str, int] | None = None,
+               selection: str = "reviewed", min_intended_prob: float = 0.5) -> dict[str, Any]:
+        """Write the manifest of the curated set and record the version, in one transaction; on failure the
+        manifest file goes too."""
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, not {selection!r}")
         now = datetime.now(UTC).replace(tzinfo=None)
         version_id = f"{name}-{now:%Y%m%d-%H%M%S}-{os.urandom(2).hex()}"
         folder = self.datasets_dir / version_id
         folder.mkdir(parents=True, exist_ok=False)
         manifest = folder / "manifest.parquet"
-        params = [accepts_needed, json.dumps(targets or {})]
+        params = {"accepts": accepts_needed, "targets": json.dumps(targets or {}), "selection": selection,
+                  "min_intended": min_intended_prob}
+        try:
+            return self._freeze(version_id, name, note, now, manifest, params)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def _freeze(self, version_id: str, name: str, note: str | None, now: datetime, manifest: Path,
+                params: dict[str, Any]) -> dict[str, Any]:
         with self.db.transaction() as cur:
             cur.execute(f"COPY ({MANIFEST_SQL}) TO '{manifest}' (FORMAT parquet)", params)
             rows = cur.execute(f"SELECT source, split, label, count(*) FROM read_parquet('{manifest}') "
@@ -67,7 +105,8 @@ class DatasetQueries:
             lineage = {"review_events": lineage_row[0], "generation_jobs": sorted(lineage_row[1] or []),
                        "checkpoints": sorted(lineage_row[2] or [])}
             n_images = sum(n for *_, n in rows)
-            policy = {"accepts_needed": accepts_needed, "targets": targets or {}}
+            policy = {"selection": params["selection"], "accepts_needed": params["accepts"],
+                      "targets": json.loads(params["targets"]), "min_intended_prob": params["min_intended"]}
             cur.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [version_id, name, note, now, json.dumps(policy), json.dumps(counts), json.dumps(lineage),
                          str(manifest.relative_to(self.datasets_dir.parent)), sha256_file(manifest), n_images])

@@ -13,7 +13,7 @@ from engine.store.db import Database
 REVIEW_STATUSES = ("pending", "accepted", "rejected")
 
 # Current decision per (image, reviewer): the latest event that is not an undo and was not undone.
-# An image is rejected if any reviewer currently rejects it, accepted with `k` accepts and no reject.
+# An image is rejected if any reviewer currently rejects it, accepted with $accepts accepts and no reject.
 _REVIEW_STATUS_SQL = """
 WITH live AS (
     SELECT image_id, reviewer, arg_max(decision, seq) AS decision
@@ -27,7 +27,7 @@ WITH live AS (
 )
 SELECT i.id, i.label,
        CASE WHEN coalesce(p.rejects, 0) > 0 THEN 'rejected'
-            WHEN coalesce(p.accepts, 0) >= ? THEN 'accepted'
+            WHEN coalesce(p.accepts, 0) >= $accepts THEN 'accepted'
             ELSE 'pending' END AS status
 FROM images i LEFT JOIN per_image p ON p.image_id = i.id
 WHERE i.source = 'synthetic'
@@ -81,18 +81,18 @@ class ImageQueries:
                  generation_job: int | None = None, accepts_needed: int = 1) -> list[dict[str, Any]]:
         """(id, label, split, path, lesion_id, source) of every matching image, in a stable order: what a job
         needs to build its training arrays. `status` (synthetic only): pending, accepted or rejected."""
-        where, params = ["i.source = ?"], [source]
+        where, params = ["i.source = $source"], {"source": source}
         if split is not None:
-            where.append("i.split = ?")
-            params.append(split)
+            where.append("i.split = $split")
+            params["split"] = split
         if generation_job is not None:
-            where.append("i.generation_job = ?")
-            params.append(generation_job)
+            where.append("i.generation_job = $job")
+            params["job"] = generation_job
         join = ""
         if status is not None:
             join = f"JOIN ({_REVIEW_STATUS_SQL}) r ON r.id = i.id"
-            where.append("r.status = ?")
-            params = [accepts_needed, *params, status]
+            where.append("r.status = $status")
+            params |= {"accepts": accepts_needed, "status": status}
         cur = self.db.cursor().execute(
             f"SELECT {', '.join('i.' + c for c in MANIFEST_COLUMNS)} FROM images i {join} "
             f"WHERE {' AND '.join(where)} ORDER BY i.id", params)
@@ -151,7 +151,7 @@ class ImageQueries:
         ).fetchall():
             out["real"][split][label] = n
         for status, label, n in cur.execute(
-            f"SELECT status, label, count(*) FROM ({_REVIEW_STATUS_SQL}) GROUP BY 1, 2", [accepts_needed]
+            f"SELECT status, label, count(*) FROM ({_REVIEW_STATUS_SQL}) GROUP BY 1, 2", {"accepts": accepts_needed}
         ).fetchall():
             out["synthetic"][status][label] = n
         return out

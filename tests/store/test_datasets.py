@@ -68,3 +68,24 @@ def test_versions_are_immutable_and_checked(store):
         store.datasets.manifest(version["id"])
     with pytest.raises(UnknownDataset):
         store.datasets.get("nope")
+
+
+def score(store: Store, image: int, **values: float) -> None:
+    store.images.set_scores(42, [{"image_id": f"{image:064x}", "name": k, "value": v} for k, v in values.items()])
+
+
+def test_selections_for_the_curation_benchmark(store):
+    score(store, 10, intended_prob=0.9, near_copy=0, dup_group=0)
+    score(store, 11, intended_prob=0.8, near_copy=0, dup_group=0)   # same duplicate group as 10: dropped
+    score(store, 12, intended_prob=0.2, near_copy=0, dup_group=-1)  # not typical of its class: dropped
+    score(store, 13, intended_prob=0.95, near_copy=1, dup_group=-1)  # a near-copy of a real image: dropped
+    score(store, 14, intended_prob=0.7, near_copy=0, dup_group=-1)
+    ids = {}
+    for selection in ("scores", "all", "none"):
+        version = store.datasets.freeze(selection, None, selection=selection, min_intended_prob=0.5)
+        ids[selection] = sorted(int(r["id"], 16) for r in store.datasets.manifest(version["id"], source="synthetic"))
+        assert version["policy"]["selection"] == selection
+    assert ids == {"scores": [10, 14], "all": [10, 11, 12, 13, 14, 20], "none": []}
+    with pytest.raises(ValueError, match="selection must be one of"):
+        store.datasets.freeze("x", None, selection="vibes")
+    assert not any(p.name.startswith("x-") for p in (store.db.path.parent / "datasets").iterdir())
