@@ -39,6 +39,7 @@ lint: install
 bench: install  ## benchmarks: print figures and ratios, assert nothing about time
 	$(BIN)/python bench/import_speed.py
 	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/mae_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
