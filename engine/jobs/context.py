@@ -20,6 +20,8 @@ from typing import Any
 from engine.jobs import checkpoints
 from engine.jobs.checkpoints import Checkpoint
 
+CANCELLED = "the job was cancelled"  # the stop reason when the engine reports a cancel request
+
 
 class Stopped(Exception):
     """Raised by a recipe (after checkpointing) when `should_stop()` turned true."""
@@ -170,7 +172,7 @@ class Reporter:
                 self.on_stop(f"the engine has been unreachable for {self.orphan_timeout:.0f}s")
             return
         if state == "cancelling":
-            self.on_stop("the job was cancelled")
+            self.on_stop(CANCELLED)
 
     def _loop(self) -> None:
         while not self._closing.wait(self.interval):

@@ -13,7 +13,7 @@ import sys
 import traceback
 
 from engine.client import Client
-from engine.jobs.context import JobContext, Reporter, Stopped
+from engine.jobs.context import CANCELLED, JobContext, Reporter, Stopped
 from engine.recipes.registry import get_kind
 from engine.settings import Settings
 
@@ -59,7 +59,7 @@ def main(job_id: int) -> int:
         if reporter:
             reporter.close()
 
-    if ctx.stop_reason and ctx.stop_reason != "the job was cancelled" and state != "succeeded":
+    if ctx.stop_reason and ctx.stop_reason != CANCELLED and state != "succeeded":
         # stopped by SIGTERM from a recovering server, or orphaned: the engine decides what comes next
         print(f"stopped ({ctx.stop_reason}); not reporting an end", flush=True)
         return EXIT_ORPHANED

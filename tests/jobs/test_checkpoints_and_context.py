@@ -8,7 +8,7 @@ import pytest
 
 from engine.client import ApiError, ServerNotFound
 from engine.jobs import checkpoints
-from engine.jobs.context import JobContext, Reporter
+from engine.jobs.context import CANCELLED, JobContext, Reporter
 from engine.jobs.executor import describe_exit, job_command
 
 
@@ -80,7 +80,7 @@ def test_a_cancel_seen_in_a_report_stops_the_recipe(tmp_path):
     ctx = JobContext(job_id=1, attempt=1, work_dir=tmp_path, workspace=tmp_path)
     reporter = Reporter(Cancelling(), 1, 1, on_stop=ctx.request_stop)
     reporter.flush()
-    assert ctx.should_stop() and ctx.stop_reason == "the job was cancelled"
+    assert ctx.should_stop() and ctx.stop_reason == CANCELLED
 
 
 def test_a_superseded_attempt_stops(tmp_path):
