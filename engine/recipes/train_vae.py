@@ -24,6 +24,8 @@ class Params(BaseModel, extra="forbid"):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     kl_weight: float = Field(1e-6, ge=0)
+    class_balance: float = Field(0.5, ge=0, le=1, description="Sampling ∝ n^-x: rare classes' colours (vasc's "
+                                                               "saturated reds) are otherwise reconstructed dull.")
     pretrained: str | None = Field(None, description="A local diffusers AutoencoderKL folder to use instead.")
     checkpoint_every: int = Field(500, ge=1)
     seed: int = 0
@@ -35,12 +37,15 @@ def run(params: Params, ctx: JobContext) -> dict:
     from diffusers import AutoencoderKL
 
     from engine.data.augment import dihedral
+    from engine.data.labels import CLASSES
     from engine.data.tensors import grid_png, to_model_input
     from engine.models.ldm import VAEConfig, build_vae, latent_scaling_factor, vae_loss
-    from engine.recipes.common import real_split
+    from engine.recipes.common import class_weights, real_split
 
     torch.manual_seed(params.seed)
-    x_train = to_model_input(real_split(ctx, "train", params.image_size)[0])
+    train_images, train_labels, _ = real_split(ctx, "train", params.image_size)
+    x_train = to_model_input(train_images)
+    weights = class_weights(train_labels, params.class_balance, len(CLASSES))
     x_val = to_model_input(real_split(ctx, "val", params.image_size)[0])
 
     if params.pretrained:
@@ -63,7 +68,7 @@ def run(params: Params, ctx: JobContext) -> dict:
 
     vae.train()
     for step in range(start + 1, steps + 1):
-        idx = torch.randint(0, len(x_train), (params.batch_size,), generator=generator)
+        idx = torch.multinomial(weights, params.batch_size, replacement=True, generator=generator)
         loss, parts = vae_loss(vae, dihedral(x_train[idx], generator), params.kl_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
