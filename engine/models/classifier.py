@@ -79,7 +79,7 @@ def save_classifier(model: nn.Module, folder: Path, meta: dict) -> Path:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
     (folder / "classifier.json").write_text(json.dumps(meta, indent=2))
     return folder
 

@@ -61,6 +61,7 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
     import numpy as np
     import torch
     import torch.nn.functional as F
+    from accelerate import Accelerator
     from timm.optim import create_optimizer_v2
 
     from engine.data.augment import colour_jitter, dihedral
@@ -70,7 +71,10 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
     from engine.models.classifier import distillation_loss, save_classifier
     from engine.recipes.common import class_weights
 
-    torch.manual_seed(params.seed)
+    # One code path for CPU, one GPU, or many under `accelerate launch` (DDP: gradients averaged).
+    accelerator = Accelerator()
+    dev = accelerator.device
+    torch.manual_seed(params.seed + accelerator.process_index)
     version = dataset_id(ctx, params.dataset)
     x_train, y_train = version_arrays(ctx, version, "train", params.image_size, params.use_synthetic)
     x_val, y_val = version_arrays(ctx, version, "val", params.image_size)
@@ -101,7 +105,11 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
         start, best = state["step"], state["best"]
         ctx.log(f"resuming at step {start}")
     out = ctx.artifact_dir / "classifier"
-    generator = torch.Generator().manual_seed(params.seed + start)
+    generator = torch.Generator().manual_seed(params.seed + start + 1000 * accelerator.process_index)
+    model.to(dev)
+    if teacher is not None:
+        teacher.to(dev).eval()
+    training_model, optimizer = accelerator.prepare(model, optimizer)
     meta = {"arch": params.arch, "image_size": params.image_size, "kwargs": params.arch_kwargs,
             "classes": list(CLASSES), "dataset": version, "use_synthetic": params.use_synthetic,
             "distilled": teacher is not None, **(meta or {})}
@@ -111,28 +119,30 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step - 1) * group["lr_scale"]
         idx = torch.multinomial(weights, params.batch_size, replacement=True, generator=generator)
-        x = colour_jitter(dihedral(x_train_t[idx], generator), generator=generator)
-        logits = model(x)
+        x = colour_jitter(dihedral(x_train_t[idx], generator), generator=generator).to(dev)
+        labels = y_train_t[idx].to(dev)
+        logits = training_model(x)
         if teacher is not None:
             with torch.no_grad():
                 tx = x if teacher_size in (None, params.image_size) else \
                     F.interpolate(x, size=teacher_size, mode="bilinear", antialias=True, align_corners=False)
                 teacher_logits = teacher(tx)
-            loss = distillation_loss(logits, teacher_logits, y_train_t[idx], temperature, alpha,
-                                     params.label_smoothing)
+            loss = distillation_loss(logits, teacher_logits, labels, temperature, alpha, params.label_smoothing)
         else:
-            loss = F.cross_entropy(logits, y_train_t[idx], label_smoothing=params.label_smoothing)
+            loss = F.cross_entropy(logits, labels, label_smoothing=params.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         ctx.log_metric("train/loss", loss.item(), step)
         ctx.progress(step, params.steps, f"loss {loss.item():.3f}")
 
-        if step % params.eval_every == 0 or step == params.steps:
+        stop = ctx.should_stop()  # cancel or SIGTERM: checkpoint now, within the grace period
+        if (step % params.eval_every == 0 or step == params.steps) and ctx.is_main:
             model.eval()
             with torch.no_grad():
-                probs = torch.cat([F.softmax(model(x_val_t[i:i + 256]), 1) for i in range(0, len(x_val_t), 256)])
+                probs = torch.cat([F.softmax(model(x_val_t[i:i + 256].to(dev)), 1).cpu()
+                                   for i in range(0, len(x_val_t), 256)])
             report = classification_report(probs.numpy(), np.asarray(y_val), CLASSES)
             for name in ("macro_f1", "balanced_accuracy", "accuracy"):
                 ctx.log_metric(f"val/{name}", report[name], step)
@@ -141,9 +151,10 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
             if report["macro_f1"] > best["macro_f1"]:  # model selection on val only
                 best = {k: report[k] for k in ("macro_f1", "balanced_accuracy", "accuracy")} | {"step": step}
                 save_classifier(model, out, meta | {"val": best})
+        if step % params.eval_every == 0 or step == params.steps or stop:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "best": best}
             ctx.save_checkpoint(step, lambda folder, s=state: torch.save(s, folder / "state.pt"))
-            if ctx.should_stop():
-                raise Stopped(f"stopped at step {step}")
+        if stop:
+            raise Stopped(f"stopped at step {step}")
     ctx.save_artifact(out, "classifier")
     return best

@@ -93,11 +93,12 @@ def run(params: Params, ctx: JobContext) -> dict:
         optimizer.step()
         ctx.log_metric("train/loss", loss.item(), step)
         ctx.progress(step, params.steps, f"loss {loss.item():.4f}")
-        if step % params.grid_every == 0 or step == params.steps:
+        stop = ctx.should_stop()  # cancel or SIGTERM: checkpoint now, within the grace period
+        if step % params.grid_every == 0 or step == params.steps or stop:
             grid(step)
             state = {"mae": mae.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
             ctx.save_checkpoint(step, lambda folder, s=state: torch.save(s, folder / "state.pt"))
-            if ctx.should_stop():
+            if stop:
                 raise Stopped(f"stopped at step {step}")
 
     out = save_classifier(mae.encoder, ctx.artifact_dir / "encoder", {

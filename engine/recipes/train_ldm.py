@@ -115,11 +115,12 @@ def run(params: Params, ctx: JobContext) -> dict:
             unet.eval()
             sample_grid(step)
             unet.train()
-        if step % params.checkpoint_every == 0 or step == params.steps:
+        stop = ctx.should_stop()  # cancel or SIGTERM: checkpoint now, within the grace period
+        if step % params.checkpoint_every == 0 or step == params.steps or stop:
             state = {"unet": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                      "warmup": warmup.state_dict(), "step": step}
             ctx.save_checkpoint(step, lambda folder, s=state: torch.save(s, folder / "state.pt"))
-            if ctx.should_stop():
+            if stop:
                 raise Stopped(f"stopped at step {step}")
 
     unet.eval()

@@ -73,7 +73,8 @@ def run(params: Params, ctx: JobContext) -> dict:
         schedule.step()
         ctx.log_metric("train/loss", loss.item(), step)
         ctx.progress(step, params.steps, f"loss {loss.item():.3f}")
-        if step % params.eval_every == 0 or step == params.steps:
+        stop = ctx.should_stop()  # cancel or SIGTERM: checkpoint now, within the grace period
+        if step % params.eval_every == 0 or step == params.steps or stop:
             model.eval()
             probs, _ = predict(model, x_val)
             pred = probs.argmax(1).numpy()
@@ -90,7 +91,7 @@ def run(params: Params, ctx: JobContext) -> dict:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "schedule": schedule.state_dict(), "step": step, "best": best}
             ctx.save_checkpoint(step, lambda folder, s=state: torch.save(s, folder / "state.pt"))
-            if ctx.should_stop():
+            if stop:
                 raise Stopped(f"stopped at step {step}")
 
     meta = {"classes": list(CLASSES), "width": params.width, "image_size": params.image_size, **best,

@@ -76,10 +76,11 @@ def run(params: Params, ctx: JobContext) -> dict:
         for name, value in parts.items():
             ctx.log_metric(f"train/{name}", value, step)
         ctx.progress(step, steps, f"L1 {parts['l1']:.4f}")
-        if step % params.checkpoint_every == 0 or step == steps:
+        stop = ctx.should_stop()  # cancel or SIGTERM: checkpoint now, within the grace period
+        if step % params.checkpoint_every == 0 or step == steps or stop:
             state = {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
             ctx.save_checkpoint(step, lambda folder, s=state: torch.save(s, folder / "state.pt"))
-            if ctx.should_stop():
+            if stop:
                 raise Stopped(f"stopped at step {step}")
 
     vae.eval()
