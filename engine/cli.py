@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -32,7 +32,7 @@ def _client(workspace: Path | None):  # -> engine.client.Client, imported lazily
         _fail(str(e))
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
+def _fail(message: str, code: int = 1) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
@@ -115,6 +115,8 @@ def _print_next_steps(url: str, settings: Settings) -> None:
     typer.echo("  in another terminal (same DERMAE_WORKSPACE):")
     typer.echo("    dermae stats                 class counts per split")
     typer.echo("    dermae import ham10000 PATH  add a dataset (also isic, medmnist, folder)")
+    typer.echo("    dermae pipeline generator -f train the generator, make and score synthetic lesions")
+    typer.echo("    make train                   MAE teacher + distilled students, evaluated on real test")
     typer.echo("Press Ctrl-C to stop everything.")
 
 
@@ -124,7 +126,7 @@ def up(
     host: Annotated[str, typer.Option()] = DEFAULT_HOST,
     port: Annotated[int, typer.Option()] = DEFAULT_PORT,
 ) -> None:
-    """Start the engine server (and the front ends), wait until healthy; Ctrl-C stops all of them."""
+    """Start the engine server and wait until it is healthy; Ctrl-C stops everything it started."""
     _run_up(_settings(workspace), host, port, demo_profile=None)
 
 
