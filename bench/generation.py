@@ -33,6 +33,7 @@ from engine.models.ldm import (  # noqa: E402
     VAEConfig,
     build_unet,
     build_vae,
+    dpm_solver,
     load_generator,
     new_noise_scheduler,
 )
@@ -41,10 +42,7 @@ from engine.models.ldm import (  # noqa: E402
 @torch.no_grad()
 def two_pass_per_image(model: LatentDiffusion, label: int, guidance: float, steps: int, seed: int) -> torch.Tensor:
     """The baseline: one image at a time, a conditional and an unconditional forward per step."""
-    from diffusers import DPMSolverMultistepScheduler
-
-    scheduler = DPMSolverMultistepScheduler.from_config(model.noise_scheduler.config, algorithm_type="dpmsolver++",
-                                                        timestep_spacing="linspace", steps_offset=0)
+    scheduler = dpm_solver(model.noise_scheduler.config)
     scheduler.set_timesteps(steps)
     cfg = model.unet.config
     latents = torch.randn((1, cfg.in_channels, cfg.sample_size, cfg.sample_size),

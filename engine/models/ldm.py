@@ -73,6 +73,15 @@ def new_noise_scheduler() -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon")
 
 
+def dpm_solver(config) -> DPMSolverMultistepScheduler:
+    """DPM-Solver++ for a model trained with `config`. The spacing is explicit, for two reasons: from_config would
+    take DDPM's default from a fresh config but DPM's own from a loaded one (the same model would sample
+    differently before and after saving), and "leading" starts below t=999, where the cosine schedule's
+    alpha_bar is ~0 and turning predicted noise into a clean estimate divides by it (the samples explode)."""
+    return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", timestep_spacing="leading",
+                                                   steps_offset=1)
+
+
 class LatentDiffusion(torch.nn.Module):
     def __init__(self, vae: AutoencoderKL, unet: UNet2DModel, noise_scheduler: DDPMScheduler, num_classes: int,
                  scaling_factor: float):
@@ -118,10 +127,7 @@ class LatentDiffusion(torch.nn.Module):
         conditional and the null-class pass (batch 2B). DPM-Solver++ is deterministic, so an image is fixed by
         its starting noise: with `seeds`, image i starts from noise seeded by seeds[i] and can be regenerated
         alone from (model, class, seed, guidance, steps)."""
-        # Explicit spacing: from_config would otherwise take DDPM's "leading" from a fresh config but DPM's own
-        # default from a loaded one, and the same model would sample differently before and after saving.
-        scheduler = DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config, algorithm_type="dpmsolver++",
-                                                            timestep_spacing="linspace", steps_offset=0)
+        scheduler = dpm_solver(self.noise_scheduler.config)
         scheduler.set_timesteps(num_inference_steps)
         cfg = self.unet.config
         shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)

@@ -9,6 +9,7 @@ from engine.models.ldm import (
     VAEConfig,
     build_unet,
     build_vae,
+    dpm_solver,
     load_generator,
     new_noise_scheduler,
     vae_loss,
@@ -66,3 +67,14 @@ def test_saved_folder_loads_offline_and_samples_the_same(model, tmp_path):
     assert torch.equal(a, b)
     with pytest.raises(FileNotFoundError, match="not a saved latent diffusion model"):
         load_generator(tmp_path)
+
+
+def test_sampling_starts_where_the_cosine_schedule_is_still_invertible():
+    """At t=999 the cosine schedule's alpha_bar is ~0 and DPM-Solver++'s clean estimate divides by its root:
+    the first tiny run's samples exploded into saturated noise until sampling started below it."""
+    scheduler = new_noise_scheduler()
+    for steps in (5, 20, 50):
+        solver = dpm_solver(scheduler.config)
+        solver.set_timesteps(steps)
+        first = int(solver.timesteps[0])
+        assert first < 999 and scheduler.alphas_cumprod[first] > 1e-3
