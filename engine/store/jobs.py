@@ -227,6 +227,8 @@ class JobQueries:
         else fail it. Returns the new state."""
         with self.db.transaction() as cur:
             job = _job(cur.execute(f"{_SELECT} WHERE id = ?", [job_id]).fetchone())
+            if job["state"] not in ACTIVE:  # it reported its own end meanwhile: nothing to recover
+                return job["state"]
             if job["state"] == "cancelling":
                 new_state, message = "cancelled", f"{reason}; it was being cancelled"
             elif job["attempt"] < job["max_attempts"]:

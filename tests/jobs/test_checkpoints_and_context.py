@@ -107,3 +107,15 @@ def test_launch_commands():
     assert multi[1:3] == ["-m", "accelerate.commands.launch"]
     assert multi[multi.index("--num_processes") + 1] == "4" and multi[-3:] == ["-m", "engine.jobs.run", "7"]
     assert describe_exit(-9) == "killed by SIGKILL" and describe_exit(3) == "exited with code 3"
+
+
+def test_recovery_leaves_a_job_that_ended_meanwhile_alone(tmp_path):
+    from engine.store import Store
+
+    store = Store(tmp_path / "db.duckdb")
+    (job_id,) = store.jobs.create_many([{"kind": "selftest", "params": {}}])
+    store.jobs.claim(job_id)
+    store.jobs.finish(job_id, 1, "succeeded", result={"sum": 1})
+    assert store.jobs.recover(job_id, "server stopped") == "succeeded"
+    assert store.jobs.get(job_id)["state"] == "succeeded"
+    store.close()
