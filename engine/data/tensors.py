@@ -7,6 +7,7 @@ The cache key is the list of image ids and the size, so a different selection ne
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,8 +64,6 @@ def to_model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def to_png_bytes(image_chw: torch.Tensor) -> bytes:
     """uint8 (3, H, W) -> PNG bytes."""
-    import io
-
     out = io.BytesIO()
     Image.fromarray(image_chw.permute(1, 2, 0).cpu().numpy()).save(out, "PNG")
     return out.getvalue()
@@ -80,8 +79,6 @@ def grid_png(images: torch.Tensor, rows: int, path: Path, scale: int = 4) -> Pat
         canvas[:, r * (h + 2) + 1: r * (h + 2) + 1 + h, c * (w + 2) + 1: c * (w + 2) + 1 + w] = images[i]
     img = Image.fromarray(canvas.permute(1, 2, 0).numpy())
     img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-    import io
-
     buffer = io.BytesIO()
     img.save(buffer, "PNG")
     atomic_write_bytes(path, buffer.getvalue())

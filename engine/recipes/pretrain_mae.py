@@ -38,22 +38,18 @@ def run(params: Params, ctx: JobContext) -> dict:
     import torch
 
     from engine.data.augment import dihedral
-    from engine.data.tensors import grid_png, to_model_input
+    from engine.data.tensors import grid_png, load_array, to_model_input
     from engine.models.classifier import save_classifier
     from engine.models.mae import MaskedAutoencoder
-    from engine.recipes.fitting import dataset_id, version_arrays
+    from engine.recipes.fitting import dataset_id
 
     torch.manual_seed(params.seed)
     version = dataset_id(ctx, params.dataset)
-    items = [i for i in ctx.api.dataset_manifest(version, split="train")
+    items = [i.model_dump() for i in ctx.api.dataset_manifest(version, split="train")
              if i.source == "synthetic" or params.use_real]
     if not items:
         raise RuntimeError(f"dataset {version} has no images to pre-train on (use_real={params.use_real})")
-    x, _ = version_arrays(ctx, version, "train", params.image_size, use_synthetic=True)
-    if not params.use_real:
-        keep = torch.tensor([i.source == "synthetic" for i in ctx.api.dataset_manifest(version, split="train")])
-        x = x[keep.numpy()]
-    x = to_model_input(x)
+    x = to_model_input(load_array(ctx.workspace, items, params.image_size))
     mae = MaskedAutoencoder(params.encoder, params.image_size, params.patch_size, params.decoder_dim,
                             params.decoder_depth, params.decoder_heads, params.norm_pix_loss, **params.encoder_kwargs)
     lr = params.lr * params.batch_size / 256
