@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from engine.data.labels import CLASSES, SPLITS
 from engine.files import sha256_file
-from engine.store.db import Database
-from engine.store.images import _REVIEW_STATUS_SQL
+from engine.store.db import Database, utc_now
+from engine.store.images import REVIEW_STATUS_SQL
 
 # Which synthetic images a version takes (parameters: accepts needed, selection, min intended prob, targets):
 #   reviewed  accepted under the policy: k accepts and no reject (the product's curation)
@@ -28,7 +28,7 @@ from engine.store.images import _REVIEW_STATUS_SQL
 #   all       every generated image, unreviewed (the uncurated arm)
 #   none      real images only
 MANIFEST_SQL = f"""
-WITH status AS ({_REVIEW_STATUS_SQL}),
+WITH status AS ({REVIEW_STATUS_SQL}),
 scored AS (
     SELECT i.id, i.label, i.created_at, st.status,
            max(s.value) FILTER (s.name = 'intended_prob') AS intended,
@@ -75,7 +75,7 @@ class DatasetQueries:
         manifest file goes too."""
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, not {selection!r}")
-        now = datetime.now(UTC).replace(tzinfo=None)
+        now = utc_now()
         version_id = f"{name}-{now:%Y%m%d-%H%M%S}-{os.urandom(2).hex()}"
         folder = self.datasets_dir / version_id
         folder.mkdir(parents=True, exist_ok=False)

@@ -18,6 +18,11 @@ import duckdb
 from engine.store.migrations import MIGRATIONS
 
 
+def utc_now() -> datetime:
+    """Naive UTC, as DuckDB's TIMESTAMP columns store it."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
 class StoreLocked(RuntimeError):
     pass
 
@@ -82,6 +87,6 @@ class Database:
                 with self.transaction() as cur:
                     cur.execute(sql)
                     cur.execute("INSERT INTO schema_version VALUES (?, ?, ?)",
-                                [version, name, datetime.now(UTC).replace(tzinfo=None)])
+                                [version, name, utc_now()])
                 applied.append(version)
             return applied

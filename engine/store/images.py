@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 
 from engine.data.labels import CLASSES, SPLITS
-from engine.store.db import Database
+from engine.store.db import Database, utc_now
 
 REVIEW_STATUSES = ("pending", "accepted", "rejected")
 
 # Current decision per (image, reviewer): the latest event that is not an undo and was not undone.
 # An image is rejected if any reviewer currently rejects it, accepted with $accepts accepts and no reject.
-_REVIEW_STATUS_SQL = """
+REVIEW_STATUS_SQL = """
 WITH live AS (
     SELECT image_id, reviewer, arg_max(decision, seq) AS decision
     FROM reviews
@@ -39,10 +38,6 @@ IMAGE_COLUMNS = ("id", "content_id", "path", "thumb_path", "label", "source", "s
 MANIFEST_COLUMNS = ("id", "label", "split", "path", "lesion_id", "source")
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 class ImageQueries:
     def __init__(self, db: Database):
         self.db = db
@@ -63,7 +58,7 @@ class ImageQueries:
         """Insert the batch record and all its image rows in one transaction."""
         with self.db.transaction() as cur:
             cur.execute("INSERT INTO import_batches VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [batch_id, format, source, _now(), n_records, len(rows), phantom])
+                        [batch_id, format, source, utc_now(), n_records, len(rows), phantom])
             if rows:
                 cur.register("batch_rows", pa.Table.from_pylist(rows))
                 cur.execute("INSERT INTO images BY NAME SELECT * FROM batch_rows")
@@ -90,7 +85,7 @@ class ImageQueries:
             params["job"] = generation_job
         join = ""
         if status is not None:
-            join = f"JOIN ({_REVIEW_STATUS_SQL}) r ON r.id = i.id"
+            join = f"JOIN ({REVIEW_STATUS_SQL}) r ON r.id = i.id"
             where.append("r.status = $status")
             params |= {"accepts": accepts_needed, "status": status}
         cur = self.db.cursor().execute(
@@ -102,7 +97,7 @@ class ImageQueries:
         """Upsert named scores per image (a re-run of a score job replaces its numbers)."""
         if not scores:
             return
-        now = _now()
+        now = utc_now()
         table = pa.table({
             "image_id": [s["image_id"] for s in scores], "name": [s["name"] for s in scores],
             "value": [s["value"] for s in scores], "ref": [s.get("ref") for s in scores],
@@ -151,7 +146,7 @@ class ImageQueries:
         ).fetchall():
             out["real"][split][label] = n
         for status, label, n in cur.execute(
-            f"SELECT status, label, count(*) FROM ({_REVIEW_STATUS_SQL}) GROUP BY 1, 2", {"accepts": accepts_needed}
+            f"SELECT status, label, count(*) FROM ({REVIEW_STATUS_SQL}) GROUP BY 1, 2", {"accepts": accepts_needed}
         ).fetchall():
             out["synthetic"][status][label] = n
         return out

@@ -9,12 +9,12 @@ refused.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pyarrow as pa
 
-from engine.store.db import Database
+from engine.store.db import Database, utc_now
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("running", "cancelling")
@@ -30,10 +30,6 @@ class UnknownJob(LookupError):
 
 class JobConflict(RuntimeError):
     """The job is not in a state that allows what was asked."""
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _job(row: tuple) -> dict[str, Any]:
@@ -77,7 +73,7 @@ class JobQueries:
                     "RETURNING id",
                     [spec["kind"], json.dumps(spec.get("params", {})), after, pipeline_id,
                      spec.get("pipeline_key"), spec.get("max_attempts", 2), spec.get("num_processes", 1),
-                     spec.get("heartbeat_timeout", 300.0), _now()],
+                     spec.get("heartbeat_timeout", 300.0), utc_now()],
                 ).fetchone()[0]
                 self._event(cur, job_id, 0, "queued", None)
                 ids.append(job_id)
@@ -134,7 +130,7 @@ class JobQueries:
                 for job_id, upstream in rows:
                     message = f"upstream failed: job {upstream} did not succeed"
                     cur.execute("UPDATE jobs SET state = 'failed', error = ?, finished_at = ? WHERE id = ?",
-                                [message, _now(), job_id])
+                                [message, utc_now(), job_id])
                     self._event(cur, job_id, 0, "failed", message)
                     failed.append(job_id)
 
@@ -149,7 +145,7 @@ class JobQueries:
     def claim(self, job_id: int) -> dict[str, Any] | None:
         """queued → running with attempt + 1; None if someone else changed it first."""
         with self.db.transaction() as cur:
-            now = _now()
+            now = utc_now()
             row = cur.execute(
                 f"UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = ?, heartbeat_at = ?, "
                 f"pid = NULL, error = NULL, finished_at = NULL WHERE id = ? AND state = 'queued' "
@@ -184,7 +180,7 @@ class JobQueries:
         process learns of a cancel request."""
         with self.db.transaction() as cur:
             state = self._live(cur, job_id, attempt)
-            now = _now()
+            now = utc_now()
             if progress is not None:
                 cur.execute("UPDATE jobs SET progress_done = ?, progress_total = ?, progress_message = ? "
                             "WHERE id = ?", [*progress, job_id])
@@ -209,7 +205,7 @@ class JobQueries:
             # A job that succeeds while being cancelled stays succeeded: the work is done, keep it.
             self._live(cur, job_id, attempt)
             cur.execute("UPDATE jobs SET state = ?, result = ?, error = ?, finished_at = ? WHERE id = ?",
-                        [state, json.dumps(result) if result is not None else None, error, _now(), job_id])
+                        [state, json.dumps(result) if result is not None else None, error, utc_now(), job_id])
             self._event(cur, job_id, attempt, state, error)
 
     def end(self, job_id: int, attempt: int, state: str, reason: str) -> bool:
@@ -217,7 +213,7 @@ class JobQueries:
         with self.db.transaction() as cur:
             row = cur.execute("UPDATE jobs SET state = ?, error = ?, finished_at = ? WHERE id = ? AND attempt = ? "
                               "AND state IN ('running', 'cancelling') RETURNING id",
-                              [state, reason, _now(), job_id, attempt]).fetchone()
+                              [state, reason, utc_now(), job_id, attempt]).fetchone()
             if row:
                 self._event(cur, job_id, attempt, state, reason)
             return row is not None
@@ -237,13 +233,13 @@ class JobQueries:
                 new_state, message = "failed", f"{reason}; no attempts left ({job['max_attempts']})"
             cur.execute("UPDATE jobs SET state = ?, error = ?, pid = NULL, finished_at = ? WHERE id = ?",
                         [new_state, None if new_state == "queued" else message,
-                         None if new_state == "queued" else _now(), job_id])
+                         None if new_state == "queued" else utc_now(), job_id])
             self._event(cur, job_id, job["attempt"], "recovered", message)
             return new_state
 
     def stale(self) -> list[dict[str, Any]]:
         """Running jobs whose process has not shown life within their heartbeat timeout."""
-        now = _now()
+        now = utc_now()
         return [j for j in self.active()
                 if j["heartbeat_at"] and now - j["heartbeat_at"] > timedelta(seconds=j["heartbeat_timeout"])]
 
@@ -258,7 +254,7 @@ class JobQueries:
                 raise JobConflict(f"job {job_id} has already ended ({state})")
             new_state = "cancelled" if state == "queued" else "cancelling"
             cur.execute("UPDATE jobs SET state = ?, finished_at = ? WHERE id = ?",
-                        [new_state, _now() if new_state == "cancelled" else None, job_id])
+                        [new_state, utc_now() if new_state == "cancelled" else None, job_id])
             self._event(cur, job_id, attempt, "cancel requested" if new_state == "cancelling" else new_state, None)
             return new_state
 
@@ -305,7 +301,7 @@ class JobQueries:
             self._live(cur, job_id, attempt)
             return cur.execute("INSERT INTO artifacts (job_id, kind, path, sha256, size_bytes, created_at) "
                                "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                               [job_id, kind, path, sha256, size, _now()]).fetchone()[0]
+                               [job_id, kind, path, sha256, size, utc_now()]).fetchone()[0]
 
     def artifacts(self, job_id: int) -> list[dict[str, Any]]:
         cols = ("id", "job_id", "kind", "path", "sha256", "size_bytes", "created_at")
@@ -320,4 +316,4 @@ class JobQueries:
     @staticmethod
     def _event(cur: Any, job_id: int, attempt: int, event: str, message: str | None) -> None:
         cur.execute("INSERT INTO job_events (job_id, attempt, event, message, created_at) VALUES (?, ?, ?, ?, ?)",
-                    [job_id, attempt, event, message, _now()])
+                    [job_id, attempt, event, message, utc_now()])

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
-from engine.store.db import Database
+from engine.store.db import Database, utc_now
 
 COLUMNS = ("id", "name", "job_id", "arch", "image_size", "dataset", "classifier_path", "torchscript_path",
            "onnx_path", "evaluation", "check_max_abs_diff", "served", "created_at")
@@ -35,7 +34,7 @@ class ModelQueries:
                 [entry["name"], entry["job_id"], entry["arch"], entry["image_size"], entry.get("dataset"),
                  entry["classifier_path"], entry["torchscript_path"], entry["onnx_path"],
                  json.dumps(entry["evaluation"]) if entry.get("evaluation") else None, entry["check_max_abs_diff"],
-                 datetime.now(UTC).replace(tzinfo=None)]).fetchone()[0]
+                 utc_now()]).fetchone()[0]
         return self.get(model_id)
 
     def get(self, model_id: int) -> dict[str, Any]:
