@@ -113,7 +113,8 @@ def quality(model: LatentDiffusion, reference_dir: Path, workspace: Path, per_cl
     for steps in (5, 10, 20, 40):
         for guidance in (1.0, 3.0, 5.0):
             start = time.perf_counter()
-            images = torch.cat([model.sample(labels[i:i + 64], guidance, steps, seeds=list(range(i, i + 64)))
+            images = torch.cat([model.sample(labels[i:i + 64], guidance, steps,
+                                             seeds=list(range(i, min(len(labels), i + 64))))
                                 for i in range(0, len(labels), 64)])
             seconds = (time.perf_counter() - start) / len(labels)
             probs, feats = predict(reference, images.float() / 127.5 - 1)

@@ -132,6 +132,8 @@ class LatentDiffusion(torch.nn.Module):
         cfg = self.unet.config
         shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
         if seeds is not None:
+            if len(seeds) != len(labels):
+                raise ValueError(f"one seed per image: got {len(seeds)} seeds for {len(labels)} labels")
             latents = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
         else:
             latents = torch.randn((len(labels), *shape), generator=generator)
