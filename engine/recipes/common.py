@@ -45,3 +45,22 @@ def class_weights(labels: np.ndarray, exponent: float, num_classes: int) -> torc
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     per_class = np.where(counts > 0, counts, 1.0) ** -exponent
     return torch.as_tensor(per_class[labels], dtype=torch.float64)
+
+
+def resume(ctx: JobContext, map_location: torch.device | str = "cpu", **stateful) -> dict:
+    """Restore each object (model, optimizer, schedule, EMA …) from the newest intact checkpoint and return the
+    rest of what was saved (at least "step"); {"step": 0} when the job starts fresh."""
+    checkpoint = ctx.latest_checkpoint()
+    if checkpoint is None:
+        return {"step": 0}
+    state = torch.load(checkpoint.path / "state.pt", weights_only=False, map_location=map_location)
+    for name, obj in stateful.items():
+        obj.load_state_dict(state.pop(name))
+    ctx.log(f"resuming at step {state['step']}")
+    return state
+
+
+def save_state(ctx: JobContext, step: int, **state) -> None:
+    """Checkpoint `state.pt`: objects with a state_dict() by their state, other values as they are."""
+    saved = {k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in state.items()} | {"step": step}
+    ctx.save_checkpoint(step, lambda folder: torch.save(saved, folder / "state.pt"))

@@ -69,7 +69,7 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
     from engine.data.tensors import to_model_input
     from engine.metrics import classification_report
     from engine.models.classifier import distillation_loss, save_classifier
-    from engine.recipes.common import class_weights
+    from engine.recipes.common import class_weights, resume, save_state
 
     # One code path for CPU, one GPU, or many under `accelerate launch` (DDP: gradients averaged).
     accelerator = Accelerator()
@@ -96,14 +96,8 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
         progress = (step - params.warmup_steps) / max(1, params.steps - params.warmup_steps)
         return params.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    start, best = 0, {"macro_f1": -1.0}
-    checkpoint = ctx.latest_checkpoint()
-    if checkpoint is not None:
-        state = torch.load(checkpoint.path / "state.pt", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, best = state["step"], state["best"]
-        ctx.log(f"resuming at step {start}")
+    resumed = resume(ctx, model=model, optimizer=optimizer)
+    start, best = resumed["step"], resumed.get("best", {"macro_f1": -1.0})
     out = ctx.artifact_dir / "classifier"
     generator = torch.Generator().manual_seed(params.seed + start + 1000 * accelerator.process_index)
     model.to(dev)
@@ -152,8 +146,7 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
                 best = {k: report[k] for k in ("macro_f1", "balanced_accuracy", "accuracy")} | {"step": step}
                 save_classifier(model, out, meta | {"val": best})
         if step % params.eval_every == 0 or step == params.steps or stop:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "best": best}
-            ctx.save_checkpoint(step, lambda folder, s=state: torch.save(s, folder / "state.pt"))
+            save_state(ctx, step, model=model, optimizer=optimizer, best=best)
         if stop:
             raise Stopped(f"stopped at step {step}")
     ctx.save_artifact(out, "classifier")

@@ -41,6 +41,7 @@ def run(params: Params, ctx: JobContext) -> dict:
     from engine.data.tensors import grid_png, load_array, to_model_input
     from engine.models.classifier import save_classifier
     from engine.models.mae import MaskedAutoencoder
+    from engine.recipes.common import resume, save_state
     from engine.recipes.fitting import dataset_id
 
     torch.manual_seed(params.seed)
@@ -57,14 +58,7 @@ def run(params: Params, ctx: JobContext) -> dict:
                                   weight_decay=0.05)
     ctx.log(f"MAE {params.encoder} ({sum(p.numel() for p in mae.encoder.parameters()) / 1e6:.1f}M encoder "
             f"parameters) on {len(x)} images of {version}")
-    start = 0
-    checkpoint = ctx.latest_checkpoint()
-    if checkpoint is not None:
-        state = torch.load(checkpoint.path / "state.pt", weights_only=False)
-        mae.load_state_dict(state["mae"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-        ctx.log(f"resuming at step {start}")
+    start = resume(ctx, mae=mae, optimizer=optimizer)["step"]
     generator = torch.Generator().manual_seed(params.seed + start)
     fixed = x[:16]
 
@@ -92,8 +86,7 @@ def run(params: Params, ctx: JobContext) -> dict:
         stop = ctx.should_stop()  # cancel or SIGTERM: checkpoint now, within the grace period
         if step % params.grid_every == 0 or step == params.steps or stop:
             grid(step)
-            state = {"mae": mae.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
-            ctx.save_checkpoint(step, lambda folder, s=state: torch.save(s, folder / "state.pt"))
+            save_state(ctx, step, mae=mae, optimizer=optimizer)
             if stop:
                 raise Stopped(f"stopped at step {step}")
 

@@ -44,7 +44,7 @@ def run(params: Params, ctx: JobContext) -> dict:
     from engine.data.labels import CLASSES
     from engine.data.tensors import grid_png, to_model_input
     from engine.models.ldm import LatentDiffusion, UNetConfig, build_unet, new_noise_scheduler
-    from engine.recipes.common import artifact_path, class_weights, real_split
+    from engine.recipes.common import artifact_path, class_weights, real_split, resume, save_state
 
     if len(params.attention) != len(params.channels):
         raise ValueError("attention needs one entry per level of channels")
@@ -71,16 +71,7 @@ def run(params: Params, ctx: JobContext) -> dict:
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, params.warmup_steps)))
     ctx.log(f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M parameters on {dev}")
 
-    start = 0
-    checkpoint = ctx.latest_checkpoint()
-    if checkpoint is not None:
-        state = torch.load(checkpoint.path / "state.pt", weights_only=False, map_location=dev)
-        unet.load_state_dict(state["unet"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        warmup.load_state_dict(state["warmup"])
-        start = state["step"]
-        ctx.log(f"resuming at step {start}")
+    start = resume(ctx, dev, unet=unet, ema=ema, optimizer=optimizer, warmup=warmup)["step"]
 
     weights = class_weights(labels, params.class_balance, len(CLASSES))
     y = torch.as_tensor(labels)
@@ -117,9 +108,7 @@ def run(params: Params, ctx: JobContext) -> dict:
             unet.train()
         stop = ctx.should_stop()  # cancel or SIGTERM: checkpoint now, within the grace period
         if step % params.checkpoint_every == 0 or step == params.steps or stop:
-            state = {"unet": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                     "warmup": warmup.state_dict(), "step": step}
-            ctx.save_checkpoint(step, lambda folder, s=state: torch.save(s, folder / "state.pt"))
+            save_state(ctx, step, unet=unet, ema=ema, optimizer=optimizer, warmup=warmup)
             if stop:
                 raise Stopped(f"stopped at step {step}")
 

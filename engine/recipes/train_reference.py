@@ -37,7 +37,7 @@ def run(params: Params, ctx: JobContext) -> dict:
     from engine.data.labels import CLASSES
     from engine.data.tensors import to_model_input
     from engine.models.classifier import SmallCNN, predict
-    from engine.recipes.common import class_weights, real_split
+    from engine.recipes.common import class_weights, real_split, resume, save_state
 
     torch.manual_seed(params.seed)
     x_train, y_train, _ = real_split(ctx, "train", params.image_size)
@@ -49,15 +49,8 @@ def run(params: Params, ctx: JobContext) -> dict:
     model = SmallCNN(len(CLASSES), params.width)
     optimizer = torch.optim.AdamW(model.parameters(), params.lr, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, params.lr, total_steps=params.steps)
-    start, best = 0, {"macro_f1": -1.0}
-    checkpoint = ctx.latest_checkpoint()
-    if checkpoint is not None:
-        state = torch.load(checkpoint.path / "state.pt", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        start, best = state["step"], state["best"]
-        ctx.log(f"resuming at step {start}")
+    resumed = resume(ctx, model=model, optimizer=optimizer, schedule=schedule)
+    start, best = resumed["step"], resumed.get("best", {"macro_f1": -1.0})
     out = ctx.artifact_dir / "reference"
     out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(params.seed + start)
@@ -88,9 +81,7 @@ def run(params: Params, ctx: JobContext) -> dict:
                         "val_recall": {c: float(r) for c, r in zip(CLASSES, recall, strict=True)},
                         "val_accuracy": float((pred == y_val).mean())}
                 torch.save(model.state_dict(), out / "reference.pt")
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "schedule": schedule.state_dict(), "step": step, "best": best}
-            ctx.save_checkpoint(step, lambda folder, s=state: torch.save(s, folder / "state.pt"))
+            save_state(ctx, step, model=model, optimizer=optimizer, schedule=schedule, best=best)
             if stop:
                 raise Stopped(f"stopped at step {step}")
 

@@ -40,7 +40,7 @@ def run(params: Params, ctx: JobContext) -> dict:
     from engine.data.labels import CLASSES
     from engine.data.tensors import grid_png, to_model_input
     from engine.models.ldm import VAEConfig, build_vae, latent_scaling_factor, vae_loss
-    from engine.recipes.common import class_weights, real_split
+    from engine.recipes.common import class_weights, real_split, resume, save_state
 
     torch.manual_seed(params.seed)
     train_images, train_labels, _ = real_split(ctx, "train", params.image_size)
@@ -56,14 +56,7 @@ def run(params: Params, ctx: JobContext) -> dict:
         vae = build_vae(VAEConfig(tuple(params.channels), params.latent_channels), params.image_size)
         steps = params.steps
     optimizer = torch.optim.AdamW(vae.parameters(), params.lr)
-    start = 0
-    checkpoint = ctx.latest_checkpoint()
-    if checkpoint is not None and steps:
-        state = torch.load(checkpoint.path / "state.pt", weights_only=False)
-        vae.load_state_dict(state["vae"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-        ctx.log(f"resuming at step {start}")
+    start = resume(ctx, vae=vae, optimizer=optimizer)["step"] if steps else 0
     generator = torch.Generator().manual_seed(params.seed + start)
 
     vae.train()
@@ -78,8 +71,7 @@ def run(params: Params, ctx: JobContext) -> dict:
         ctx.progress(step, steps, f"L1 {parts['l1']:.4f}")
         stop = ctx.should_stop()  # cancel or SIGTERM: checkpoint now, within the grace period
         if step % params.checkpoint_every == 0 or step == steps or stop:
-            state = {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
-            ctx.save_checkpoint(step, lambda folder, s=state: torch.save(s, folder / "state.pt"))
+            save_state(ctx, step, vae=vae, optimizer=optimizer)
             if stop:
                 raise Stopped(f"stopped at step {step}")
 

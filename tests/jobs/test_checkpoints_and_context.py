@@ -119,3 +119,24 @@ def test_recovery_leaves_a_job_that_ended_meanwhile_alone(tmp_path):
     assert store.jobs.recover(job_id, "server stopped") == "succeeded"
     assert store.jobs.get(job_id)["state"] == "succeeded"
     store.close()
+
+
+def test_recipes_resume_what_they_saved(tmp_path):
+    import torch
+
+    from engine.recipes.common import resume, save_state
+
+    ctx = JobContext(job_id=1, attempt=1, work_dir=tmp_path, workspace=tmp_path)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    assert resume(ctx, model=model, optimizer=optimizer) == {"step": 0}
+    save_state(ctx, 7, model=model, optimizer=optimizer, best={"macro_f1": 0.5})
+    saved = model.weight.detach().clone()
+
+    fresh = torch.nn.Linear(3, 2)
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), 1e-3)
+    restored = resume(ctx, model=fresh, optimizer=fresh_optimizer)
+    assert restored == {"step": 7, "best": {"macro_f1": 0.5}}
+    assert torch.equal(fresh.weight, saved) and fresh_optimizer.state_dict()["state"]
