@@ -438,13 +438,17 @@ def _version_row(v) -> str:
 def datasets_freeze(
     name: Annotated[str, typer.Argument(help="Letters, digits, - _ .")],
     note: Annotated[str | None, typer.Option(help="Why this version exists.")] = None,
-    accepts: Annotated[int, typer.Option(help="Policy: this many accepts and no reject.")] = 1,
+    accepts: Annotated[int | None, typer.Option(help="Policy: this many accepts and no reject (default: the "
+                                                     "review policy in force).")] = None,
     selection: Annotated[str, typer.Option(help="reviewed | scores (automatic) | all (unreviewed) | none")]
     = "reviewed",
+    min_intended_prob: Annotated[float, typer.Option(help="With --selection scores: the least reference-classifier "
+                                                          "probability of the intended class.")] = 0.5,
     workspace: Workspace = None,
 ) -> None:
     """Freeze the curated set (all real images + accepted synthetic ones) as a new immutable version."""
-    version = _call(_client(workspace).freeze_dataset, name, note, accepts_needed=accepts, selection=selection)
+    version = _call(_client(workspace).freeze_dataset, name, note, accepts_needed=accepts, selection=selection,
+                    min_intended_prob=min_intended_prob)
     typer.echo(version.id)
     typer.echo(_version_row(version), err=True)
 
@@ -458,6 +462,47 @@ def datasets_ls(as_json: Annotated[bool, typer.Option("--json")] = False, worksp
         return
     for version in versions:
         typer.echo(_version_row(version))
+
+
+users_app = typer.Typer(help="Reviewer accounts for the studio.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="Sign-in name: letters, digits, . _ -")],
+    role: Annotated[str, typer.Option(help="admin | reviewer | viewer")] = "reviewer",
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin "
+                                                                         "(scripts) instead of prompting.")]
+    = False,
+    workspace: Workspace = None,
+) -> None:
+    """Add an account; the password is asked for twice (or read from stdin) and stored only as a salted hash."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    user = _call(_client(workspace).add_user, name, password, role)
+    typer.echo(f"added {user.name} ({user.role})")
+
+
+@users_app.command("ls")
+def users_ls(workspace: Workspace = None) -> None:
+    """Accounts and their roles."""
+    for user in _call(_client(workspace).users):
+        typer.echo(f"{user.name:<24} {user.role:<9} {user.created_at:%Y-%m-%d %H:%M}")
+
+
+@app.command()
+def policy(
+    accepts: Annotated[int | None, typer.Argument(help="Set k: an image is accepted with k accepts and no "
+                                                       "reject. Omit to show the policy in force.")] = None,
+    workspace: Workspace = None,
+) -> None:
+    """The review acceptance policy: k accepts and no reject."""
+    client = _client(workspace)
+    current = _call(client.set_review_policy, accepts) if accepts is not None else _call(client.review_policy)
+    typer.echo(f"accepted = {current.accepts_needed} accept(s) and no reject")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import httpx
 
 from engine.schemas import (
     TERMINAL_STATES,
+    Agreement,
     Artifact,
     DatasetFreeze,
     DatasetItem,
@@ -31,16 +32,25 @@ from engine.schemas import (
     JobPage,
     JobSubmit,
     LogChunk,
+    Login,
     ManifestItem,
     MetricSeries,
     ModelIn,
     ModelInfo,
     PipelineInfo,
     PipelineSubmit,
+    ReviewEvent,
+    ReviewHistory,
+    ReviewIn,
+    ReviewPage,
+    ReviewPolicy,
     ScoresIn,
     ScoreValue,
+    Session,
     Stats,
     SyntheticBatchIn,
+    UserIn,
+    UserInfo,
 )
 from engine.settings import Settings, api_token, api_url
 
@@ -242,7 +252,7 @@ class Client:
         return Artifact.model_validate(response.json())
 
     # dataset versions -------------------------------------------------------------------------------------
-    def freeze_dataset(self, name: str, note: str | None = None, *, accepts_needed: int = 1,
+    def freeze_dataset(self, name: str, note: str | None = None, *, accepts_needed: int | None = None,
                        targets: dict[str, int] | None = None, selection: str = "reviewed",
                        min_intended_prob: float = 0.5) -> DatasetVersion:
         body = DatasetFreeze(name=name, note=note, accepts_needed=accepts_needed, targets=targets,
@@ -274,3 +284,58 @@ class Client:
     def register_model(self, job_id: int, attempt: int, **entry: Any) -> ModelInfo:
         body = ModelIn(attempt=attempt, **entry).model_dump(mode="json")
         return ModelInfo.model_validate(self._request("POST", f"/jobs/{job_id}/models", json=body).json())
+
+    # users and sign-in -----------------------------------------------------------------------------------
+    def login(self, name: str, password: str) -> Session:
+        """Sign in; from now on this client acts as that user (its session token replaces the one it had)."""
+        body = Login(name=name, password=password).model_dump()
+        session = Session.model_validate(self._request("POST", "/auth/login", json=body).json())
+        self._http.headers["Authorization"] = f"Bearer {session.token}"
+        return session
+
+    def logout(self) -> None:
+        self._request("POST", "/auth/logout")
+
+    def me(self) -> UserInfo:
+        return UserInfo.model_validate(self._request("GET", "/auth/me").json())
+
+    def users(self) -> list[UserInfo]:
+        return [UserInfo.model_validate(u) for u in self._request("GET", "/users").json()]
+
+    def add_user(self, name: str, password: str, role: str = "reviewer") -> UserInfo:
+        body = UserIn(name=name, password=password, role=role).model_dump()
+        return UserInfo.model_validate(self._request("POST", "/users", json=body).json())
+
+    # review ----------------------------------------------------------------------------------------------
+    def review_queue(self, **filters: Any) -> ReviewPage:
+        """Filters as GET /reviews/queue takes them: label, status, generation_job, min_/max_intended,
+        min_/max_nearest, dup_group, near_copy, reviewer, mine, sort, limit, offset."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        return ReviewPage.model_validate(self._request("GET", "/reviews/queue", params=params).json())
+
+    def decide(self, image_ids: list[str], decision: str, reasons: list[str] | None = None,
+               note: str | None = None) -> list[ReviewEvent]:
+        body = ReviewIn(image_ids=image_ids, decision=decision, reasons=reasons or [], note=note)
+        return [ReviewEvent.model_validate(e)
+                for e in self._request("POST", "/reviews", json=body.model_dump(mode="json")).json()]
+
+    def undo(self, seq: int) -> ReviewEvent:
+        return ReviewEvent.model_validate(self._request("POST", f"/reviews/{seq}/undo").json())
+
+    def review_history(self, **filters: Any) -> ReviewHistory:
+        """Filters: reviewer, label, image_id, since, until (datetimes), limit, offset."""
+        params = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in filters.items() if v is not None}
+        return ReviewHistory.model_validate(self._request("GET", "/reviews", params=params).json())
+
+    def reviewers(self) -> list[str]:
+        return self._request("GET", "/reviews/reviewers").json()
+
+    def agreement(self) -> dict[str, Agreement]:
+        return {c: Agreement.model_validate(a) for c, a in self._request("GET", "/reviews/agreement").json().items()}
+
+    def review_policy(self) -> ReviewPolicy:
+        return ReviewPolicy.model_validate(self._request("GET", "/review-policy").json())
+
+    def set_review_policy(self, accepts_needed: int) -> ReviewPolicy:
+        body = ReviewPolicy(accepts_needed=accepts_needed).model_dump()
+        return ReviewPolicy.model_validate(self._request("PUT", "/review-policy", json=body).json())

@@ -264,3 +264,60 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: Se
         "confusion": confusion_matrix(labels, pred, labels=classes).tolist(),
         "reliability": reliability,
     }
+
+
+def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable]) -> float | None:
+    """Cohen's kappa of two raters' labels on the same items (None when undefined: fewer than two items, or
+    both raters always gave one and the same label)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    if len(a) != len(b):
+        raise ValueError(f"one label per item from each rater: got {len(a)} and {len(b)}")
+    if len(a) < 2 or len(set(a) | set(b)) < 2:
+        return None
+    return float(cohen_kappa_score(list(a), list(b)))
+
+
+def fleiss_kappa(ratings: Sequence[Sequence[Hashable]], categories: Sequence[Hashable]) -> float | None:
+    """Fleiss' kappa; `ratings` holds each item's labels from however many raters rated it (at least two).
+    With varying raters per item, each item's agreement is taken over its own rater pairs and the chance term
+    from the pooled label shares (the usual generalisation; with equal counts it is Fleiss' original)."""
+    rows = [r for r in ratings if len(r) >= 2]
+    if len(rows) < 2:
+        return None
+    index = {c: j for j, c in enumerate(categories)}
+    counts = np.zeros((len(rows), len(categories)))
+    for i, row in enumerate(rows):
+        for label in row:
+            counts[i, index[label]] += 1
+    n = counts.sum(1)
+    p_item = (counts * (counts - 1)).sum(1) / (n * (n - 1))
+    shares = counts.sum(0) / n.sum()
+    p_chance = float((shares**2).sum())
+    if p_chance >= 1:
+        return None
+    return float((p_item.mean() - p_chance) / (1 - p_chance))
+
+
+def review_agreement(decisions: Sequence[tuple[str, str, str, str]], classes: Sequence[str],
+                     categories: Sequence[str]) -> dict[str, dict]:
+    """Per class, from (image_id, class, reviewer, decision) rows: the reviewers, the images two or more of them
+    decided, and chance-corrected agreement on those — Cohen's kappa when exactly two reviewers share images,
+    Fleiss' when more do."""
+    out: dict[str, dict] = {}
+    for cls in classes:
+        per_image: dict[str, dict[str, str]] = {}
+        for image_id, label, reviewer, decision in decisions:
+            if label == cls:
+                per_image.setdefault(image_id, {})[reviewer] = decision
+        shared = [d for d in per_image.values() if len(d) >= 2]
+        sharing = sorted({r for d in shared for r in d})
+        row: dict = {"reviewers": sorted({r for d in per_image.values() for r in d}), "images": len(shared),
+                     "kappa": None, "method": None}
+        if len(sharing) == 2:
+            a, b = sharing
+            row |= {"kappa": cohen_kappa([d[a] for d in shared], [d[b] for d in shared]), "method": "cohen"}
+        elif len(sharing) > 2:
+            row |= {"kappa": fleiss_kappa([list(d.values()) for d in shared], categories), "method": "fleiss"}
+        out[cls] = row
+    return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Base64Bytes, BaseModel, Field, model_validator
 
@@ -287,7 +287,8 @@ class JobKindInfo(BaseModel):
 class DatasetFreeze(BaseModel, extra="forbid"):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
     note: str | None = Field(None, max_length=2000)
-    accepts_needed: int = Field(1, ge=1, le=20, description="Policy: k accepts and no reject.")
+    accepts_needed: int | None = Field(None, ge=1, le=20, description="Policy: k accepts and no reject; default: "
+                                                                     "the review policy in force.")
     targets: dict[str, int] | None = Field(None, description="At most this many synthetic images per class.")
     selection: str = Field("reviewed", pattern=r"^(reviewed|scores|all|none)$",
                            description="reviewed: accepted under the policy; scores: automatic curation by the "
@@ -341,3 +342,104 @@ class ModelInfo(_ModelFields):
     job_id: int
     served: bool
     created_at: datetime
+
+
+# users and sign-in ---------------------------------------------------------------------------------------------
+Role = Literal["admin", "reviewer", "viewer"]
+
+
+class UserIn(BaseModel, extra="forbid"):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    password: str = Field(min_length=8, max_length=1024)
+    role: Role = "reviewer"
+
+
+class UserInfo(BaseModel):
+    name: str
+    role: Role
+    created_at: datetime | None = None
+
+
+class Login(BaseModel, extra="forbid"):
+    name: str = Field(max_length=64)
+    password: str = Field(max_length=1024)
+
+
+class Session(BaseModel):
+    token: str = Field(description="Send as 'Authorization: Bearer <token>' until it expires.")
+    expires_at: datetime
+    user: UserInfo
+
+
+# review --------------------------------------------------------------------------------------------------------
+Decision = Literal["accept", "reject", "unsure"]
+Reason = Literal["unrealistic_texture", "wrong_class_features", "artifact", "duplicate", "near_copy", "other"]
+ReviewSort = Literal["newest", "oldest", "intended_prob", "-intended_prob", "nearest_real_dist",
+                     "-nearest_real_dist", "dup_group", "sharpness"]
+
+
+class ReviewIn(BaseModel, extra="forbid"):
+    image_ids: list[str] = Field(min_length=1, max_length=1000)
+    decision: Decision
+    reasons: list[Reason] = Field([], description="Needed for a rejection; 'other' needs a note.")
+    note: str | None = Field(None, max_length=2000)
+
+
+class ReviewEvent(BaseModel):
+    seq: int
+    image_id: str
+    label: str
+    reviewer: str
+    decision: Literal["accept", "reject", "unsure", "undo"]
+    undoes: int | None = Field(description="For an undo: the decision it takes back.")
+    reasons: list[str]
+    note: str | None
+    created_at: datetime
+    undone_by: int | None = Field(description="The undo event that took this decision back, if any.")
+
+
+class ReviewHistory(BaseModel):
+    total: int
+    offset: int
+    items: list[ReviewEvent]
+
+
+class ReviewItem(BaseModel):
+    id: str
+    label: str
+    generation_job: int | None
+    seed: int | None
+    guidance: float | None
+    steps: int | None
+    checkpoint: str | None
+    created_at: datetime
+    status: Literal["pending", "accepted", "rejected"]
+    accepts: int
+    rejects: int
+    reviewers: list[str]
+    my_decision: Decision | None = Field(description="The signed-in reviewer's own live decision.")
+    my_seq: int | None = Field(description="Its event number (what undo takes).")
+    intended_prob: float | None
+    nearest_real_dist: float | None
+    nearest_real_id: str | None
+    near_copy: float | None
+    dup_group: float | None
+    sharpness: float | None
+    predicted_class: str | None
+
+
+class ReviewPage(BaseModel):
+    total: int
+    offset: int
+    items: list[ReviewItem]
+
+
+class ReviewPolicy(BaseModel, extra="forbid"):
+    accepts_needed: int = Field(ge=1, le=20, description="An image is accepted with k accepts and no reject.")
+
+
+class Agreement(BaseModel):
+    reviewers: list[str]
+    images: int = Field(description="Images decided by two or more reviewers: what kappa rests on.")
+    kappa: float | None
+    method: Literal["cohen", "fleiss"] | None

@@ -1,8 +1,10 @@
-"""Small datasets in each supported layout, made on the fly, and the broken files the importers must refuse."""
+"""Small datasets in each supported layout, made on the fly, the broken files the importers must refuse, and rows
+for store tests."""
 
 from __future__ import annotations
 
 import io
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +127,14 @@ def tiny_sd_pipeline(root: Path, resolution: int = 32) -> Path:
     (root / "text_encoder").mkdir()
     (root / "text_encoder" / "config.json").write_text('{"architectures": ["CLIPTextModel"]}')
     return root
+
+
+def image_row(i: int, label: str, source: str, split: str | None, job: int | None = None) -> dict:
+    """An `images` row for store tests: id i as 64 hex digits; synthetic rows (job given) carry provenance."""
+    image_id = f"{i:064x}"
+    return {"id": image_id, "content_id": image_id, "path": f"{image_id[:2]}/{image_id}.png", "thumb_path": "t",
+            "label": label, "source": source, "split": split, "lesion_id": None, "width": 28, "height": 28,
+            "format": "PNG", "size_bytes": 1, "import_batch": None, "original_name": str(i), "metadata": "{}",
+            "duplicate_of": None, "created_at": datetime(2026, 1, 1) + timedelta(seconds=i), "generation_job": job,
+            "seed": i if job else None, "guidance": 3.0 if job else None, "steps": 20 if job else None,
+            "checkpoint": "ckpt/ldm" if job else None}

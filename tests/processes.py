@@ -71,3 +71,34 @@ def start_server(workspace: Path, *args: str, timeout: float = 60, env: dict[str
         time.sleep(0.05)
     proc.kill()
     raise TimeoutError(f"server did not start within {timeout}s:\n{log_path.read_text()}")
+
+
+def seed_review_workspace(server: RunningServer, per_class: dict[str, int] | None = None) -> dict[str, list[str]]:
+    """Real images (a small phantom import) and synthetic ones per class, put in through the same API a generate
+    and a score job use (as a running selftest job), with intended-class probabilities and nearest-real ids.
+    Returns {class: [synthetic ids]} in upload order."""
+    from tests.factories import image_bytes
+
+    per_class = per_class or {"df": 12, "vasc": 6}
+    client = server.client()
+    client.import_data("phantom", phantom_size=70)
+    job = client.submit_job("selftest", {"steps": 100_000, "step_seconds": 0.05})
+    deadline = time.monotonic() + 60
+    while (job := client.job(job.id)).state != "running":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"selftest job never started: {job}")
+        time.sleep(0.1)
+    real = client.images(source="real", split="train", limit=1).items[0].id
+    ids: dict[str, list[str]] = {}
+    for k, (label, n) in enumerate(per_class.items()):
+        images = [{"png": image_bytes(1000 * k + i, "PNG", (28, 28)), "label": label, "seed": i, "guidance": 3.0,
+                   "steps": 20, "checkpoint": "jobs/0/artifacts/ldm"} for i in range(n)]
+        ids[label] = client.add_synthetic(job.id, job.attempt, images)
+        client.add_scores(job.id, job.attempt, [
+            score for i, image_id in enumerate(ids[label]) for score in (
+                {"image_id": image_id, "name": "intended_prob", "value": round(i / n, 3)},
+                {"image_id": image_id, "name": "nearest_real_dist", "value": 1.0 + i, "ref": real},
+                {"image_id": image_id, "name": "near_copy", "value": 0.0},
+                {"image_id": image_id, "name": "dup_group", "value": -1.0})])
+    client.cancel_job(job.id)
+    return ids

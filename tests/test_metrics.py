@@ -193,3 +193,29 @@ def test_calibration_error_is_zero_when_confidence_matches_accuracy():
     assert ece == pytest.approx(0) and bins[0]["accuracy"] == 0.5
     overconfident = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
     assert expected_calibration_error(overconfident, labels)[0] == pytest.approx(0.5)
+
+
+def test_fleiss_kappa_matches_the_textbook_example():
+    # Fleiss (1971) as reproduced on Wikipedia: 10 items, 14 raters, 5 categories -> 0.210
+    table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
+             [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
+    ratings = [[c for c, n in enumerate(row) for _ in range(n)] for row in table]
+    assert metrics.fleiss_kappa(ratings, range(5)) == pytest.approx(0.210, abs=5e-4)
+
+
+def test_cohen_kappa_is_one_when_two_raters_agree_and_none_when_undefined():
+    assert metrics.cohen_kappa(["accept", "reject", "accept"], ["accept", "reject", "accept"]) == 1.0
+    assert metrics.cohen_kappa(["accept", "accept"], ["accept", "accept"]) is None  # no variation at all
+    assert metrics.cohen_kappa(["accept", "reject"], ["reject", "accept"]) == -1.0
+
+
+def test_review_agreement_uses_cohen_for_two_reviewers_and_fleiss_for_more():
+    decisions = [("a", "df", "ann", "accept"), ("a", "df", "bob", "accept"), ("b", "df", "ann", "reject"),
+                 ("b", "df", "bob", "reject"), ("c", "df", "ann", "accept"),  # only one reviewer: not counted
+                 ("x", "vasc", "ann", "accept"), ("x", "vasc", "bob", "reject"), ("x", "vasc", "cy", "accept"),
+                 ("y", "vasc", "ann", "reject"), ("y", "vasc", "bob", "reject"), ("y", "vasc", "cy", "reject")]
+    rows = metrics.review_agreement(decisions, ["df", "vasc", "nv"], ["accept", "reject", "unsure"])
+    assert rows["df"] == {"reviewers": ["ann", "bob"], "images": 2, "kappa": 1.0, "method": "cohen"}
+    assert rows["vasc"]["method"] == "fleiss" and rows["vasc"]["images"] == 2
+    assert -1 <= rows["vasc"]["kappa"] < 1
+    assert rows["nv"] == {"reviewers": [], "images": 0, "kappa": None, "method": None}

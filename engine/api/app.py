@@ -9,13 +9,23 @@ from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from engine import __version__
-from engine.api import datasets, health, images, imports, jobs, models
-from engine.api.auth import require_token
+from engine.api import datasets, health, images, imports, jobs, models, reviews, users
+from engine.api.auth import require_admin, require_token
 from engine.data.images import ImageProblem
 from engine.data.sources import SourceError
 from engine.jobs.scheduler import Scheduler
 from engine.settings import Settings, ensure_api_token
-from engine.store import JobConflict, Store, UnknownDataset, UnknownJob, UnknownModel
+from engine.store import (
+    JobConflict,
+    ReviewConflict,
+    ReviewProblem,
+    Store,
+    UnknownDataset,
+    UnknownJob,
+    UnknownModel,
+    UserExists,
+    UserProblem,
+)
 
 
 def _status_handler(code: int):
@@ -40,22 +50,26 @@ def create_app(settings: Settings, store: Store, scheduler: Scheduler | None = N
                 scheduler.stop()
 
     app = FastAPI(title="DerMAE Studio engine", version=__version__, lifespan=lifespan,
-                  description="The engine's HTTP API. Every endpoint but /health needs the workspace API token.")
+                  description="The engine's HTTP API. Every endpoint but /health and /auth/login needs the "
+                              "workspace API token or a reviewer's session token.")
     app.state.settings = settings
     app.state.store = store
     app.state.scheduler = scheduler
     app.state.api_token = ensure_api_token(settings)
 
     app.include_router(health.router)
+    app.include_router(users.router)  # sign-in is open; the rest of it checks roles per endpoint
     protected = [Depends(require_token)]
-    app.include_router(imports.router, dependencies=protected)
+    app.include_router(imports.router, dependencies=[Depends(require_admin)])
+    app.include_router(reviews.router, dependencies=protected)
     app.include_router(images.router, dependencies=protected)
     app.include_router(jobs.router, dependencies=protected)
     app.include_router(datasets.router, dependencies=protected)
     app.include_router(models.router, dependencies=protected)
 
     # Errors the store raises map to HTTP statuses here, once, instead of a try/except in every endpoint.
-    for error, code in ((UnknownJob, 404), (UnknownDataset, 404), (UnknownModel, 404), (JobConflict, 409)):
+    for error, code in ((UnknownJob, 404), (UnknownDataset, 404), (UnknownModel, 404), (JobConflict, 409),
+                        (ReviewConflict, 409), (ReviewProblem, 422), (UserExists, 409), (UserProblem, 422)):
         app.add_exception_handler(error, _status_handler(code))
 
     @app.exception_handler(SourceError)

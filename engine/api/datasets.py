@@ -18,8 +18,10 @@ def freeze(body: DatasetFreeze, request: Request) -> DatasetVersion:
     unknown = sorted(set(body.targets or {}) - set(CLASSES))
     if unknown:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"targets: unknown classes {unknown}")
-    version = request.app.state.store.datasets.freeze(body.name, body.note, body.accepts_needed, body.targets,
-                                                      body.selection, body.min_intended_prob)
+    store = request.app.state.store
+    accepts = body.accepts_needed if body.accepts_needed is not None else store.reviews.accepts_needed()
+    version = store.datasets.freeze(body.name, body.note, accepts, body.targets, body.selection,
+                                    body.min_intended_prob)
     return DatasetVersion(**version)
 
 

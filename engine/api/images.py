@@ -22,9 +22,9 @@ def _info(row: dict) -> ImageInfo:
 
 @router.get("/stats", response_model=Stats)
 def stats(request: Request) -> Stats:
-    """Counts per source × split (real) or review status (synthetic) × class."""
-    images = request.app.state.store.images
-    return Stats(**images.stats(), phantom=images.has_phantom())
+    """Counts per source × split (real) or review status (synthetic, under the review policy) × class."""
+    store = request.app.state.store
+    return Stats(**store.images.stats(store.reviews.accepts_needed()), phantom=store.images.has_phantom())
 
 
 @router.get("/images/manifest", response_model=list[ManifestItem])
@@ -36,8 +36,9 @@ def manifest(
     generation_job: Annotated[int | None, Query(ge=1)] = None,
 ) -> list[ManifestItem]:
     """Every matching image with its file path, in a stable order: what a training job reads."""
-    rows = request.app.state.store.images.manifest(source=source, split=split, status=status,
-                                                    generation_job=generation_job)
+    store = request.app.state.store
+    rows = store.images.manifest(source=source, split=split, status=status, generation_job=generation_job,
+                                 accepts_needed=store.reviews.accepts_needed())
     return [ManifestItem(**r) for r in rows]
 
 

@@ -6,15 +6,22 @@ lesions almost ever are (the 1% quantile of real-vs-real nearest distances, same
 near-duplicate groups among the synthetic images at the same threshold; sharpness (variance of the Laplacian).
 Per class, synthetic vs real train: Fréchet distance and precision/recall in that same feature space — not
 Inception's, whose weights cannot be downloaded here, so the numbers compare runs, not papers.
+A grid puts each class's synthetic images (left, the first eight generated: not the best ones) beside eight real
+train images of that class (right), so one look says whether the classes came out as themselves.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
 from engine.jobs.context import JobContext
+
+if TYPE_CHECKING:
+    import numpy as np
 
 KIND = "score"
 FEATURE_SPACE_NOTE = ("Fréchet distance and precision/recall are measured in the reference classifier's feature "
@@ -104,8 +111,29 @@ def run(params: Params, ctx: JobContext) -> dict:
               "near_copies": int((distance < threshold).sum()),
               "duplicate_groups": int(groups.max() + 1) if len(groups) else 0, "per_class": per_class,
               "note": FEATURE_SPACE_NOTE}
+    ctx.save_artifact(side_by_side_grid(syn_images, syn_labels, real_images, real_labels,
+                                        ctx.artifact_dir / "synthetic_vs_real.png"), "class_grid")
     path = ctx.artifact_dir / "score_report.json"
     path.write_text(json.dumps(report, indent=2))
     ctx.save_artifact(path, "score_report")
     ctx.progress(4, 4, "done")
     return {"scored": len(syn_items), **{k: v for k, v in report.items() if k != "per_class"}}
+
+
+def side_by_side_grid(syn_images: np.ndarray, syn_labels: np.ndarray, real_images: np.ndarray,
+                      real_labels: np.ndarray, path: Path, per_side: int = 8) -> Path:
+    """A row per generated class: `per_side` synthetic images, then `per_side` real ones (blank where fewer).
+    Images uint8 (N, H, W, 3), labels (N,) class indices."""
+    import numpy as np
+    import torch
+
+    from engine.data.tensors import grid_png
+
+    blank = np.full_like(np.asarray(syn_images[:1]), 255)
+    rows = []
+    for k in sorted(set(np.asarray(syn_labels).tolist())):
+        for images, labels in ((syn_images, syn_labels), (real_images, real_labels)):
+            chosen = np.asarray(images)[np.asarray(labels) == k][:per_side]
+            rows += [chosen, *[blank] * (per_side - len(chosen))]  # blanks keep the columns aligned
+    cells = torch.from_numpy(np.concatenate(rows)).permute(0, 3, 1, 2)
+    return grid_png(cells, len(cells) // (2 * per_side), path)

@@ -10,8 +10,11 @@ from engine.store.images import ImageQueries
 from engine.store.jobs import JobConflict, JobQueries, UnknownJob
 from engine.store.migrations import LATEST_VERSION
 from engine.store.models import ModelQueries, UnknownModel
+from engine.store.reviews import ReviewConflict, ReviewProblem, ReviewQueries
+from engine.store.users import User, UserExists, UserProblem, UserQueries
 
-__all__ = ["LATEST_VERSION", "JobConflict", "Store", "StoreLocked", "UnknownDataset", "UnknownJob", "UnknownModel"]
+__all__ = ["LATEST_VERSION", "JobConflict", "ReviewConflict", "ReviewProblem", "Store", "StoreLocked",
+           "UnknownDataset", "UnknownJob", "UnknownModel", "User", "UserExists", "UserProblem"]
 
 
 class Store:
@@ -21,6 +24,8 @@ class Store:
         self.jobs = JobQueries(self.db)
         self.datasets = DatasetQueries(self.db, path.parent / "datasets")
         self.models = ModelQueries(self.db)
+        self.users = UserQueries(self.db)
+        self.reviews = ReviewQueries(self.db)
 
     @property
     def schema_version(self) -> int:

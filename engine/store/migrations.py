@@ -150,6 +150,30 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             created_at TIMESTAMP NOT NULL
         );
     """),
+    (6, "reviewer accounts, sessions and the review policy", """
+        CREATE TABLE users (
+            name VARCHAR PRIMARY KEY,
+            role VARCHAR NOT NULL CHECK (role IN ('admin','reviewer','viewer')),
+            salt BLOB NOT NULL,
+            password_hash BLOB NOT NULL,
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE sessions (
+            token_sha256 VARCHAR PRIMARY KEY,  -- the token itself is never stored
+            user_name VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            expires_at TIMESTAMP NOT NULL,
+            revoked BOOLEAN NOT NULL DEFAULT FALSE
+        );
+        -- append-only too: the policy in force is the latest row, and who changed it when stays visible
+        CREATE SEQUENCE policy_seq START 1;
+        CREATE TABLE review_policy (
+            seq BIGINT PRIMARY KEY DEFAULT nextval('policy_seq'),
+            accepts_needed INTEGER NOT NULL CHECK (accepts_needed >= 1),
+            changed_by VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL
+        );
+    """),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -41,7 +41,7 @@ def test_every_route_but_health_needs_the_token(server):
     for path, methods in schema["paths"].items():
         for method in methods:
             url = server.url + _concrete(path)
-            if path == "/health":
+            if path in ("/health", "/auth/login"):  # open by design: how you get a session token
                 continue
             for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": "Basic eDp5"}):
                 response = httpx.request(method, url, headers=headers, json={})

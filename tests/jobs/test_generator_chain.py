@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from PIL import Image
 
 from engine.data.labels import CLASSES
 from engine.models.ldm import load_generator
@@ -60,8 +61,11 @@ def test_every_synthetic_image_is_scored(chain):
         assert 0 <= names["intended_prob"]["value"] <= 1
         assert names["nearest_real_dist"]["ref"] in real_ids  # the nearest real image's id is kept
         assert names["near_copy"]["value"] in (0, 1)
-    report_artifact = next(a for a in client.job_artifacts(jobs["generate.score"].id) if a.kind == "score_report")
-    report = json.loads((server.settings.workspace / report_artifact.path).read_text())
+    artifacts = {a.kind: a for a in client.job_artifacts(jobs["generate.score"].id)}
+    report = json.loads((server.settings.workspace / artifacts["score_report"].path).read_text())
+    grid = Image.open(server.settings.workspace / artifacts["class_grid"].path)
+    cell = grid.width // 16  # 8 synthetic + 8 real per row, a row per generated class
+    assert grid.height == cell * len(report["per_class"]) > 0
     assert "Inception" in report["note"] and report["near_copy_threshold"] > 0
     for cls, row in report["per_class"].items():
         assert cls in CLASSES and "intended_rate" in row and "real_val_recall" in row

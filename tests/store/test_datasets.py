@@ -1,20 +1,9 @@
 """Frozen dataset versions: what goes in, immutability, lineage."""
 
-from datetime import datetime
-
 import pytest
 
 from engine.store import Store, UnknownDataset
-
-
-def row(i: int, label: str, source: str, split: str | None, job: int | None = None) -> dict:
-    image_id = f"{i:064x}"
-    return {"id": image_id, "content_id": image_id, "path": f"{image_id[:2]}/{image_id}.png", "thumb_path": "t",
-            "label": label, "source": source, "split": split, "lesion_id": None, "width": 28, "height": 28,
-            "format": "PNG", "size_bytes": 1, "import_batch": None, "original_name": str(i), "metadata": "{}",
-            "duplicate_of": None, "created_at": datetime(2026, 1, 1, 0, 0, i), "generation_job": job,
-            "seed": i if job else None, "guidance": 3.0 if job else None, "steps": 20 if job else None,
-            "checkpoint": "ckpt/ldm" if job else None}
+from tests.factories import image_row as row
 
 
 def review(store: Store, image: int, reviewer: str, decision: str) -> None:

@@ -1,0 +1,115 @@
+"""Review: the queue of synthetic images with their scores, decisions (append-only), undo, history, the acceptance
+policy and agreement between reviewers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from engine.api.auth import Principal, require_admin, require_reviewer
+from engine.data.labels import CLASSES
+from engine.schemas import (
+    Agreement,
+    Problem,
+    ReviewEvent,
+    ReviewHistory,
+    ReviewIn,
+    ReviewItem,
+    ReviewPage,
+    ReviewPolicy,
+    ReviewSort,
+)
+from engine.store.reviews import DECISIONS
+
+router = APIRouter(tags=["review"])
+_LABEL = r"^(akiec|bcc|bkl|df|mel|nv|vasc)$"
+_ERRORS = {409: {"model": Problem}, 422: {"model": Problem}}
+
+
+@router.get("/reviews/queue", response_model=ReviewPage)
+def queue(
+    request: Request,
+    label: Annotated[str | None, Query(pattern=_LABEL)] = None,
+    status: Annotated[str | None, Query(pattern=r"^(pending|accepted|rejected)$")] = None,
+    generation_job: Annotated[int | None, Query(ge=1)] = None,
+    min_intended: Annotated[float | None, Query(ge=0, le=1)] = None,
+    max_intended: Annotated[float | None, Query(ge=0, le=1)] = None,
+    min_nearest: Annotated[float | None, Query(ge=0)] = None,
+    max_nearest: Annotated[float | None, Query(ge=0)] = None,
+    dup_group: Annotated[int | None, Query(ge=-1)] = None,
+    near_copy: bool | None = None,
+    reviewer: Annotated[str | None, Query(max_length=64, description="Images this reviewer has decided.")] = None,
+    mine: Annotated[bool, Query(description="Only images the caller has not decided: their own queue.")] = False,
+    sort: ReviewSort = "oldest",
+    limit: Annotated[int, Query(ge=1, le=500)] = 48,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ReviewPage:
+    """Synthetic images with review state under the policy in force, their scores, and the caller's own decision."""
+    principal: Principal = request.state.principal
+    total, rows = request.app.state.store.reviews.queue(
+        me=principal.name, label=label, status=status, generation_job=generation_job, min_intended=min_intended,
+        max_intended=max_intended, min_nearest=min_nearest, max_nearest=max_nearest, dup_group=dup_group,
+        near_copy=near_copy, reviewer=reviewer, undecided_by_me=mine, sort=sort, limit=limit, offset=offset)
+    return ReviewPage(total=total, offset=offset, items=[ReviewItem(**r) for r in rows])
+
+
+@router.post("/reviews", response_model=list[ReviewEvent], status_code=201, responses=_ERRORS)
+def decide(body: ReviewIn, request: Request, principal: Principal = Depends(require_reviewer)) -> list[ReviewEvent]:
+    """One decision by the signed-in reviewer on each image (bulk), recorded as new events, all or none."""
+    events = request.app.state.store.reviews.decide(body.image_ids, principal.name, body.decision, body.reasons,
+                                                    body.note)
+    return [ReviewEvent(**e) for e in events]
+
+
+@router.post("/reviews/{seq}/undo", response_model=ReviewEvent, status_code=201, responses=_ERRORS)
+def undo(seq: Annotated[int, Path(ge=1)], request: Request,
+         principal: Principal = Depends(require_reviewer)) -> ReviewEvent:
+    """Take back one of your own current decisions: a new 'undo' event; nothing is deleted."""
+    return ReviewEvent(**request.app.state.store.reviews.undo(seq, principal.name))
+
+
+@router.get("/reviews", response_model=ReviewHistory)
+def history(
+    request: Request,
+    reviewer: Annotated[str | None, Query(max_length=64)] = None,
+    label: Annotated[str | None, Query(pattern=_LABEL)] = None,
+    image_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ReviewHistory:
+    """Every decision event, newest first; undone decisions stay, marked with the undo that took them back."""
+    total, rows = request.app.state.store.reviews.history(reviewer=reviewer, label=label, image_id=image_id,
+                                                          since=since, until=until, limit=limit, offset=offset)
+    return ReviewHistory(total=total, offset=offset, items=[ReviewEvent(**r) for r in rows])
+
+
+@router.get("/reviews/reviewers", response_model=list[str])
+def reviewers(request: Request) -> list[str]:
+    """Everyone who has recorded a decision."""
+    return request.app.state.store.reviews.reviewers()
+
+
+@router.get("/reviews/agreement", response_model=dict[str, Agreement])
+def agreement(request: Request) -> dict[str, Agreement]:
+    """Per class: chance-corrected agreement (Cohen's kappa for two reviewers, Fleiss' for more) on the images
+    two or more reviewers decided, with how many images that is."""
+    from engine.metrics import review_agreement  # scipy: loaded when first asked, not at server start
+
+    rows = review_agreement(request.app.state.store.reviews.live_decisions(), CLASSES, DECISIONS)
+    return {cls: Agreement(**row) for cls, row in rows.items()}
+
+
+@router.get("/review-policy", response_model=ReviewPolicy)
+def get_policy(request: Request) -> ReviewPolicy:
+    return ReviewPolicy(accepts_needed=request.app.state.store.reviews.accepts_needed())
+
+
+@router.put("/review-policy", response_model=ReviewPolicy, responses=_ERRORS)
+def set_policy(body: ReviewPolicy, request: Request, principal: Principal = Depends(require_admin)) -> ReviewPolicy:
+    """Set k of "k accepts and no reject" (admins). Statuses everywhere follow at once; past versions keep theirs."""
+    return ReviewPolicy(accepts_needed=request.app.state.store.reviews.set_accepts_needed(body.accepts_needed,
+                                                                                         principal.name))

@@ -1,0 +1,105 @@
+"""Sign-in, roles and the review API on a real server: decisions belong to the signed-in user, nothing else."""
+
+import httpx
+import pytest
+
+from engine.client import ApiError
+from tests.processes import seed_review_workspace, start_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = start_server(tmp_path_factory.mktemp("review") / "ws")
+    server.ids = seed_review_workspace(server)
+    admin = server.client()
+    admin.add_user("ann", "ann-password", "reviewer")
+    admin.add_user("bob", "bob-password", "reviewer")
+    admin.add_user("vic", "vic-password", "viewer")
+    admin.add_user("ada", "ada-password", "admin")
+    yield server
+    server.stop()
+
+
+def signed_in(server, name: str):
+    client = server.client(token=None)
+    client.login(name, f"{name}-password")
+    return client
+
+
+def test_sign_in_gives_a_session_that_sign_out_ends(server):
+    client = signed_in(server, "ann")
+    assert client.me().name == "ann" and client.me().role == "reviewer"
+    client.logout()
+    with pytest.raises(ApiError) as e:
+        client.me()
+    assert e.value.status_code == 401
+    with pytest.raises(ApiError) as e:
+        server.client(token=None).login("ann", "not-her-password")
+    assert e.value.status_code == 401 and "users add" in e.value.detail
+
+
+def test_a_decision_is_attributed_to_the_signed_in_user_not_to_a_name_sent(server):
+    ann = server.client(token=None)
+    session = ann.login("ann", "ann-password")
+    image = server.ids["df"][0]
+    # A client cannot claim to be someone else: the body has no reviewer field, and extra fields are refused.
+    response = httpx.post(f"{server.url}/reviews", headers={"Authorization": f"Bearer {session.token}"},
+                          json={"image_ids": [image], "decision": "accept", "reviewer": "bob"})
+    assert response.status_code == 422
+    [event] = ann.decide([image], "accept")
+    assert event.reviewer == "ann" and event.label == "df"
+    assert ann.review_history(image_id=image).items[0].reviewer == "ann"
+
+
+def test_the_api_token_and_viewers_cannot_decide_and_only_admins_manage(server):
+    image = server.ids["df"][1]
+    for client, code in ((server.client(), 403), (signed_in(server, "vic"), 403)):
+        with pytest.raises(ApiError) as e:
+            client.decide([image], "accept")
+        assert e.value.status_code == code
+    ann = signed_in(server, "ann")
+    with pytest.raises(ApiError) as e:
+        ann.add_user("eve", "eve-password", "admin")
+    assert e.value.status_code == 403
+    with pytest.raises(ApiError) as e:
+        ann.set_review_policy(3)
+    assert e.value.status_code == 403
+    assert signed_in(server, "vic").review_queue(label="df").total == 12  # viewers can look
+
+
+def test_bulk_reject_with_reasons_undo_and_the_queue(server):
+    bob = signed_in(server, "bob")
+    page = bob.review_queue(label="vasc", mine=True, sort="-intended_prob", limit=4)
+    assert page.total == 6 and [i.intended_prob for i in page.items] == sorted(
+        [i.intended_prob for i in page.items], reverse=True)
+    chosen = [i.id for i in page.items[:3]]
+    with pytest.raises(ApiError) as e:
+        bob.decide(chosen, "reject")
+    assert e.value.status_code == 422 and "reason" in e.value.detail
+    events = bob.decide(chosen, "reject", ["artifact", "unrealistic_texture"])
+    assert [e.reasons for e in events] == [["artifact", "unrealistic_texture"]] * 3
+    assert bob.review_queue(label="vasc", mine=True).total == 3
+    undo = bob.undo(events[0].seq)
+    assert undo.decision == "undo" and undo.undoes == events[0].seq
+    assert bob.review_queue(label="vasc", mine=True).total == 4
+    with pytest.raises(ApiError) as e:
+        bob.undo(events[0].seq)
+    assert e.value.status_code == 409
+    stats = server.client().stats()
+    assert stats.synthetic["rejected"]["vasc"] == 2 and stats.synthetic["pending"]["vasc"] == 4
+
+
+def test_agreement_and_the_policy(server):
+    ann, bob, ada = signed_in(server, "ann"), signed_in(server, "bob"), signed_in(server, "ada")
+    images = server.ids["df"][4:10]
+    decisions = ["accept", "accept", "reject", "accept", "reject", "accept"]
+    for image, decision in zip(images, decisions, strict=True):
+        ann.decide([image], decision, ["artifact"] if decision == "reject" else [])
+        bob.decide([image], decision, ["artifact"] if decision == "reject" else [])
+    row = server.client().agreement()["df"]
+    assert row.method == "cohen" and row.images == 6 and row.kappa == pytest.approx(1.0)
+    assert ada.set_review_policy(2).accepts_needed == 2
+    accepted = {i.id for i in ada.review_queue(label="df", status="accepted", limit=100).items}
+    assert accepted == {i for i, d in zip(images, decisions, strict=True) if d == "accept"}  # two accepts each
+    assert ada.set_review_policy(1).accepts_needed == 1
+    assert set(server.client().reviewers()) >= {"ann", "bob"}

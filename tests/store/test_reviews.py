@@ -1,0 +1,142 @@
+"""Review decisions are append-only events; state, undo, the policy, the queue and history derive from them."""
+
+from datetime import timedelta
+
+import pytest
+
+from engine.store import ReviewConflict, ReviewProblem, Store, UserExists, UserProblem
+from engine.store.db import utc_now
+from tests.factories import image_row
+
+
+def sid(i: int) -> str:
+    return f"{i:064x}"
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = Store(tmp_path / "ws" / "dermae.duckdb")
+    store.images.add_rows([image_row(1, "df", "real", "train"),
+                           *(image_row(10 + i, "df", "synthetic", None, job=7) for i in range(6)),
+                           *(image_row(30 + i, "vasc", "synthetic", None, job=8) for i in range(3))])
+    store.images.set_scores(9, [{"image_id": sid(10 + i), "name": "intended_prob", "value": i / 10}
+                                for i in range(6)]
+                            + [{"image_id": sid(10), "name": "nearest_real_dist", "value": 0.5, "ref": sid(1)}])
+    yield store
+    store.close()
+
+
+def reviews_table(store):
+    return store.db.cursor().execute("SELECT seq, image_id, reviewer, decision, undoes FROM reviews ORDER BY seq"
+                                     ).fetchall()
+
+
+def test_decisions_are_new_events_and_status_follows_them(store):
+    store.reviews.decide([sid(10), sid(11)], "ann", "accept")
+    store.reviews.decide([sid(12)], "ann", "reject", ["artifact"])
+    statuses = {r["id"]: r["status"] for r in store.reviews.queue(label="df", limit=100)[1]}
+    assert statuses[sid(10)] == statuses[sid(11)] == "accepted" and statuses[sid(12)] == "rejected"
+    assert statuses[sid(13)] == "pending"
+    assert store.images.stats(store.reviews.accepts_needed())["synthetic"]["accepted"]["df"] == 2
+
+
+def test_a_rejection_needs_a_reason_and_other_needs_a_note(store):
+    with pytest.raises(ReviewProblem, match="reason"):
+        store.reviews.decide([sid(10)], "ann", "reject")
+    with pytest.raises(ReviewProblem, match="note"):
+        store.reviews.decide([sid(10)], "ann", "reject", ["other"])
+    with pytest.raises(ReviewProblem, match="unknown reason"):
+        store.reviews.decide([sid(10)], "ann", "reject", ["ugly"])
+    store.reviews.decide([sid(10)], "ann", "reject", ["other"], note="hair artefact across the lesion")
+    assert len(reviews_table(store)) == 1
+
+
+def test_a_bulk_decision_with_one_bad_id_records_nothing(store):
+    with pytest.raises(ReviewProblem, match="unknown image"):
+        store.reviews.decide([sid(10), sid(999)], "ann", "accept")
+    with pytest.raises(ReviewProblem, match="real"):
+        store.reviews.decide([sid(10), sid(1)], "ann", "accept")
+    assert reviews_table(store) == []
+
+
+def test_undo_is_a_new_event_and_restores_the_previous_decision(store):
+    first = store.reviews.decide([sid(10)], "ann", "accept")[0]
+    second = store.reviews.decide([sid(10)], "ann", "reject", ["artifact"])[0]
+    with pytest.raises(ReviewConflict, match="not your current"):
+        store.reviews.undo(first["seq"], "ann")  # replaced by the later one
+    with pytest.raises(ReviewConflict, match="only they"):
+        store.reviews.undo(second["seq"], "bob")
+    undo = store.reviews.undo(second["seq"], "ann")
+    assert undo["decision"] == "undo" and undo["undoes"] == second["seq"]
+    item = store.reviews.queue(me="ann", label="df", limit=1)[1][0]
+    assert item["status"] == "accepted" and item["my_decision"] == "accept" and item["my_seq"] == first["seq"]
+    with pytest.raises(ReviewConflict):
+        store.reviews.undo(second["seq"], "ann")  # twice
+    rows = reviews_table(store)
+    assert [r[3] for r in rows] == ["accept", "reject", "undo"]  # nothing edited or deleted
+    _, history = store.reviews.history(image_id=sid(10))
+    assert {e["seq"]: e["undone_by"] for e in history}[second["seq"]] == undo["seq"]
+
+
+def test_the_policy_needs_k_accepts_and_no_reject(store):
+    store.reviews.decide([sid(10), sid(11)], "ann", "accept")
+    store.reviews.decide([sid(10)], "bob", "accept")
+    store.reviews.decide([sid(11)], "bob", "reject", ["wrong_class_features"])
+    assert store.reviews.accepts_needed() == 1
+    store.reviews.set_accepts_needed(2, "admin")
+    statuses = {r["id"]: r["status"] for r in store.reviews.queue(label="df", limit=100)[1]}
+    assert statuses[sid(10)] == "accepted" and statuses[sid(11)] == "rejected"
+    store.reviews.set_accepts_needed(3, "admin")
+    assert store.reviews.queue(status="accepted")[0] == 0
+    with pytest.raises(ReviewProblem):
+        store.reviews.set_accepts_needed(0, "admin")
+
+
+def test_the_queue_filters_sorts_and_pages(store):
+    store.reviews.decide([sid(10)], "ann", "accept")
+    total, mine = store.reviews.queue(me="ann", label="df", undecided_by_me=True)
+    assert total == 5 and sid(10) not in {r["id"] for r in mine}
+    total, top = store.reviews.queue(label="df", sort="-intended_prob", limit=2)
+    assert total == 6 and [r["intended_prob"] for r in top] == [0.5, 0.4]
+    total, page = store.reviews.queue(label="df", sort="-intended_prob", limit=2, offset=2)
+    assert [r["intended_prob"] for r in page] == [0.3, 0.2]
+    assert store.reviews.queue(min_intended=0.25, max_intended=0.45)[0] == 2
+    near = store.reviews.queue(max_nearest=1.0)[1]
+    assert [r["nearest_real_id"] for r in near] == [sid(1)]
+    assert store.reviews.queue(reviewer="ann")[0] == 1 and store.reviews.queue(generation_job=8)[0] == 3
+    assert store.reviews.queue(label="df", offset=100) == (6, [])  # past the end: still says how many
+    with pytest.raises(ReviewProblem):
+        store.reviews.queue(sort="random")
+
+
+def test_history_filters_by_reviewer_class_and_time(store):
+    store.reviews.decide([sid(10), sid(30)], "ann", "accept")
+    store.reviews.decide([sid(31)], "bob", "reject", ["duplicate"])
+    assert store.reviews.history(reviewer="ann")[0] == 2
+    total, events = store.reviews.history(label="vasc")
+    assert total == 2 and {e["reviewer"] for e in events} == {"ann", "bob"}
+    assert events[0]["seq"] > events[1]["seq"]  # newest first
+    assert store.reviews.history(since=utc_now() + timedelta(minutes=1))[0] == 0
+    assert store.reviews.reviewers() == ["ann", "bob"]
+
+
+def test_accounts_hash_passwords_and_sessions_expire(store):
+    user = store.users.add("ann", "correct horse", "reviewer")
+    assert user.role == "reviewer"
+    with pytest.raises(UserExists):
+        store.users.add("ann", "another password", "admin")
+    for name, password, role in (("../x", "long enough", "reviewer"), ("bob", "short", "reviewer"),
+                                 ("bob", "long enough", "root")):
+        with pytest.raises(UserProblem):
+            store.users.add(name, password, role)
+    stored = store.db.cursor().execute("SELECT password_hash FROM users").fetchone()[0]
+    assert b"correct horse" not in bytes(stored)
+    assert store.users.authenticate("ann", "wrong") is None and store.users.authenticate("nobody", "x") is None
+    token, _ = store.users.start_session(store.users.authenticate("ann", "correct horse"))
+    assert store.users.session_user(token).name == "ann"
+    stored_tokens = [r[0] for r in store.db.cursor().execute("SELECT token_sha256 FROM sessions").fetchall()]
+    assert token not in stored_tokens
+    store.users.end_session(token)
+    assert store.users.session_user(token) is None
+    expired, _ = store.users.start_session(user, ttl=timedelta(seconds=-1))
+    assert store.users.session_user(expired) is None
