@@ -5,6 +5,10 @@ BIN    := $(VENV)/bin
 # Reinstall whenever pyproject.toml changes.
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
+# Browser tests drive Debian's chromium (Playwright cannot download browsers here).
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 PROFILE ?= tiny
 DATASET ?=
 
@@ -19,13 +23,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install  ## start the engine on the default data (DermaMNIST via DERMAE_DATA, else phantom lesions)
-	$(BIN)/dermae demo
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "the browser tests need chromium at $(CHROMIUM)"; exit 1; }
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
+
+demo: install  ## engine + studio on the default data (DermaMNIST via DERMAE_DATA, else phantom lesions)
+	$(BIN)/dermae demo --profile $(PROFILE)
 
 train: install  ## MAE + teacher + distilled students (and real-only baselines) on the newest dataset version
 	$(BIN)/dermae train --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET))
 
-test: install  ## lint, then the whole suite (slow end-to-end tests included)
+test: install $(CHROMIUM)  ## lint, then the whole suite (slow end-to-end and browser tests included)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

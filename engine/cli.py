@@ -15,6 +15,9 @@ from engine.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
 app = typer.Typer(help="DerMAE Studio: curate synthetic dermoscopy and train students on it.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
+DEFAULT_STUDIO_PORT = 8501
+StudioPort = Annotated[int, typer.Option(help="The studio's port (0 picks a free one).")]
+StudioFlag = Annotated[bool, typer.Option("--studio/--no-studio", help="Start the review studio too.")]
 Workspace = Annotated[Path | None, typer.Option("--workspace", "-w", envvar="DERMAE_WORKSPACE",
                                                 help="Workspace folder (default ./workspace).")]
 
@@ -71,13 +74,14 @@ def serve(
         _fail(str(e))
 
 
-def _run_up(settings: Settings, host: str, port: int, demo_profile: str | None) -> None:
+def _run_up(settings: Settings, host: str, port: int, studio_port: int | None, demo_profile: str | None) -> None:
     from engine.client import Client
     from engine.launcher import Launcher
 
     launcher = Launcher()
     try:
         url = launcher.start_server(settings, host, port)
+        accounts: list[tuple[str, str, str]] = []
         with Client.from_settings(settings, timeout=60) as client:
             stats = client.stats()
             n_real = sum(sum(c.values()) for c in stats.real.values())
@@ -85,7 +89,11 @@ def _run_up(settings: Settings, host: str, port: int, demo_profile: str | None) 
                 _import_default(client, demo_profile)
             elif demo_profile:
                 typer.echo(f"The workspace already holds {n_real} real images; nothing imported.")
-        _print_next_steps(url, settings)
+            if demo_profile:
+                accounts = _demo_accounts(client, settings)
+                _start_generator_once(client, demo_profile)
+        studio = launcher.start_studio(url, host, studio_port) if studio_port is not None else None
+        _print_next_steps(url, studio, settings, accounts)
         raise typer.Exit(launcher.wait())
     except KeyboardInterrupt:
         typer.echo("\nstopping…")
@@ -108,14 +116,55 @@ def _import_default(client, profile_name: str) -> None:
                     "DERMAE_DATA=/path/to/dermamnist.npz.", fg=typer.colors.YELLOW)
 
 
-def _print_next_steps(url: str, settings: Settings) -> None:
+DEMO_ACCOUNTS = (("demo", "admin"), ("reader2", "reviewer"))  # two readers, so agreement has something to show
+
+
+def _demo_accounts(client, settings: Settings) -> list[tuple[str, str, str]]:
+    """The demo's sign-ins (name, role, password), made once with random passwords kept in the workspace (0600)."""
+    import os
+    import secrets
+
+    path = settings.workspace / "demo_accounts.json"
+    if path.exists():
+        return [tuple(a) for a in json.loads(path.read_text())]
+    existing = {u.name for u in _call(client.users)}
+    accounts = [(name, role, secrets.token_urlsafe(9)) for name, role in DEMO_ACCOUNTS if name not in existing]
+    for name, role, password in accounts:
+        _call(client.add_user, name, password, role)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(accounts, f)
+    return accounts
+
+
+def _start_generator_once(client, profile_name: str) -> None:
+    """A fresh workspace gets the generator chain at once, so synthetic lesions arrive for review."""
+    from engine.pipelines import generator_chain
+    from engine.profiles import load_profile
+
+    if client.jobs(kind="train_ldm", limit=1).total or client.jobs(kind="generate", limit=1).total:
+        return
+    run = _call(client.submit_pipeline, generator_chain(load_profile(profile_name)))
+    typer.echo(f"Started the {profile_name} generator chain ({len(run.jobs)} jobs): synthetic lesions appear in "
+               "the studio's Review page as they are made.")
+
+
+def _print_next_steps(url: str, studio: str | None, settings: Settings, accounts: list) -> None:
     typer.secho(f"\nDerMAE engine running at {url}", bold=True)
+    if studio:
+        typer.secho(f"DerMAE Studio running at {studio}", bold=True, fg=typer.colors.GREEN)
+        for name, role, password in accounts:
+            typer.echo(f"  sign in as {name!r} ({role}) with password {password!r}")
+        if accounts:
+            typer.echo(f"  (kept in {settings.workspace / 'demo_accounts.json'}; add people with "
+                       "`dermae users add NAME --role reviewer`)")
     typer.echo(f"  workspace   {settings.workspace}")
     typer.echo(f"  API docs    {url}/docs  (token in {settings.token_path})")
     typer.echo("  in another terminal (same DERMAE_WORKSPACE):")
     typer.echo("    dermae stats                 class counts per split")
     typer.echo("    dermae import ham10000 PATH  add a dataset (also isic, medmnist, folder)")
     typer.echo("    dermae pipeline generator -f train the generator, make and score synthetic lesions")
+    typer.echo("    dermae users add NAME        an account for the studio")
     typer.echo("    make train                   MAE teacher + distilled students, evaluated on real test")
     typer.echo("Press Ctrl-C to stop everything.")
 
@@ -125,9 +174,11 @@ def up(
     workspace: Workspace = None,
     host: Annotated[str, typer.Option()] = DEFAULT_HOST,
     port: Annotated[int, typer.Option()] = DEFAULT_PORT,
+    studio_port: StudioPort = DEFAULT_STUDIO_PORT,
+    studio: StudioFlag = True,
 ) -> None:
-    """Start the engine server and wait until it is healthy; Ctrl-C stops everything it started."""
-    _run_up(_settings(workspace), host, port, demo_profile=None)
+    """Start the engine server, then the studio; Ctrl-C stops everything it started."""
+    _run_up(_settings(workspace), host, port, studio_port if studio else None, demo_profile=None)
 
 
 @app.command()
@@ -136,15 +187,18 @@ def demo(
     host: Annotated[str, typer.Option()] = DEFAULT_HOST,
     port: Annotated[int, typer.Option()] = DEFAULT_PORT,
     profile: Annotated[str, typer.Option(help="smoke | tiny | paper (configs/).")] = "tiny",
+    studio_port: StudioPort = DEFAULT_STUDIO_PORT,
+    studio: StudioFlag = True,
 ) -> None:
-    """`up`, and import the embedded default data into an empty workspace (DermaMNIST if found, else phantom)."""
+    """`up`, and on an empty workspace: import the embedded default data (DermaMNIST if found, else phantom),
+    make two demo accounts, and start the generator chain so synthetic lesions arrive for review."""
     from engine.profiles import load_profile
 
     try:
         load_profile(profile)
     except ValueError as e:
         _fail(str(e), code=2)
-    _run_up(_settings(workspace), host, port, demo_profile=profile)
+    _run_up(_settings(workspace), host, port, studio_port if studio else None, demo_profile=profile)
 
 
 @app.command("import")

@@ -1,6 +1,7 @@
 """Start the product's processes, wait for them to be ready, and stop every one of them on exit.
 
-Used by `dermae up` and `dermae demo`: nothing they start is left running after Ctrl-C.
+Used by `dermae up` and `dermae demo` (engine server, then the studio): nothing they start is left running after
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +48,28 @@ class Launcher:
             time.sleep(0.1)
         raise TimeoutError(f"the engine server did not become healthy within {timeout:.0f}s")
 
+    def start_studio(self, api: str, host: str, port: int, timeout: float = 60.0) -> str:
+        """Start the Streamlit studio against the engine at `api`; return its URL once it answers. Port 0 picks a
+        free one."""
+        import httpx
+
+        port = port or free_port(host)
+        app = Path(__file__).resolve().parents[1] / "studio" / "app.py"
+        proc = self.start("studio", [
+            sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host, "--server.port", str(port),
+            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+        ], env={"DERMAE_API_URL": api})
+        url = f"http://{host}:{port}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the studio exited with code {proc.returncode}; see its output above")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/_stcore/health", timeout=2).text == "ok":
+                    return url
+            time.sleep(0.2)
+        raise TimeoutError(f"the studio did not answer within {timeout:.0f}s")
+
     def wait(self) -> int:
         """Block until a process exits (or Ctrl-C); return its exit code."""
         while True:
@@ -68,6 +92,12 @@ class Launcher:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def _recorded_url(record: Path, pid: int) -> str | None:

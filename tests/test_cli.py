@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import httpx
 import psutil
 import pytest
 
+from engine.client import Client
 from tests import factories
 
 
@@ -48,12 +50,13 @@ def test_without_a_server_the_cli_says_how_to_start_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_imports_the_default_data_and_ctrl_c_stops_everything(tmp_path):
+def test_demo_imports_data_makes_accounts_starts_generation_and_the_studio_and_ctrl_c_stops_everything(tmp_path):
     workspace = tmp_path / "ws"
     env = {**os.environ, "DERMAE_WORKSPACE": str(workspace), "HOME": str(tmp_path)}  # no medmnist cache
     env.pop("DERMAE_DATA", None)
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "demo", "--port", "0", "--profile", "smoke"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "demo", "--port", "0", "--studio-port", "0",
+                             "--profile", "smoke"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     lines = []
     try:
         deadline = time.monotonic() + 120
@@ -66,6 +69,12 @@ def test_demo_imports_the_default_data_and_ctrl_c_stops_everything(tmp_path):
         assert "PHANTOM" in output and "Imported" in output, output
         url = json.loads((workspace / "server.json").read_text())["url"]
         assert httpx.get(f"{url}/health").status_code == 200
+        studio = re.search(r"DerMAE Studio running at (\S+)", output).group(1)
+        assert httpx.get(f"{studio}/_stcore/health").text == "ok"
+        name, password = re.search(r"sign in as '(\w+)' \(admin\) with password '([^']+)'", output).groups()
+        client = Client(url, None)
+        assert client.login(name, password).user.role == "admin"
+        assert "generator chain" in output and client.jobs(kind="train_vae").total == 1
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children
         proc.send_signal(signal.SIGINT)
@@ -88,3 +97,15 @@ def test_the_server_does_not_import_torch():
     """The engine server starts in about a second because recipes keep torch out of their module level."""
     code = "import sys, engine.api.app, engine.cli; assert 'torch' not in sys.modules, 'torch imported'"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60).returncode == 0
+
+
+def test_users_add_ls_and_the_review_policy(server):
+    added = subprocess.run([sys.executable, "-m", "engine.cli", "users", "add", "ann", "--role", "reviewer",
+                            "--password-stdin"], input="a long password\n", capture_output=True, text=True,
+                           env={**os.environ, "DERMAE_WORKSPACE": str(server.settings.workspace)}, timeout=60)
+    assert added.returncode == 0 and "added ann (reviewer)" in added.stdout, added.stderr
+    assert "ann" in dermae(server, "users", "ls").stdout
+    assert Client(server.url, None).login("ann", "a long password").user.name == "ann"
+    assert "2 accept(s)" in dermae(server, "policy", "2").stdout
+    assert "2 accept(s)" in dermae(server, "policy").stdout
+    dermae(server, "policy", "1")

@@ -1,0 +1,29 @@
+"""DerMAE Studio: `streamlit run studio/app.py` (or `dermae up`). Sign in, then review synthetic lesions per class.
+
+Each page is one file under pages/; this script only signs people in and picks the page.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from studio import api
+
+st.set_page_config(page_title="DerMAE Studio", page_icon="🔬", layout="wide")
+
+if api.session() is None:
+    page = st.navigation([st.Page("pages/sign_in.py", title="Sign in", icon=":material/login:")])
+else:
+    user = api.session().user
+    with st.sidebar:
+        st.caption(f"Signed in as **{user.name}** ({user.role})")
+        if st.button("Sign out", key="sign_out"):
+            api.sign_out()
+            st.rerun()
+    page = st.navigation([
+        st.Page("pages/overview.py", title="Overview", icon=":material/bar_chart:", default=True),
+        st.Page("pages/review.py", title="Review", icon=":material/grid_view:"),
+        st.Page("pages/agreement.py", title="Readers & agreement", icon=":material/groups:"),
+        st.Page("pages/history.py", title="History", icon=":material/history:"),
+    ])
+page.run()

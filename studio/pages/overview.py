@@ -1,0 +1,69 @@
+"""Overview: per class, the real train count, synthetic pending / accepted / rejected and the target; the class
+balance before and after the accepted synthetic images; generation for the planner's deficit; running jobs."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from engine.data.labels import CLASSES
+from engine.data.planner import TargetRule, class_targets, plan_quotas
+from studio import api
+
+st.title("Overview")
+client = api.client()
+stats = api.call(client.stats)
+if stats is None:
+    st.stop()
+if stats.phantom:
+    st.warning("This workspace holds PHANTOM lesions (generated shapes), not clinical data.")
+
+real_train = stats.real["train"]
+accepted = stats.synthetic["accepted"]
+left, right = st.columns([1, 2])
+with left:
+    rule = st.radio("Target per class", [r.value for r in TargetRule if r != TargetRule.explicit],
+                    format_func={"majority": "up to the largest class", "fixed": "a fixed number"}.get,
+                    horizontal=True, key="overview_rule")
+    fixed = st.number_input("Images per class (real + accepted)", 0, 100_000, 600, 50, key="overview_target",
+                            disabled=rule != "fixed")
+targets = class_targets(real_train, rule, int(fixed))
+deficit = plan_quotas(real_train, accepted, rule, int(fixed))
+
+rows = [{"class": c, "real train": real_train[c], "pending": stats.synthetic["pending"][c],
+         "accepted": accepted[c], "rejected": stats.synthetic["rejected"][c], "target": targets[c],
+         "still needed": deficit[c]} for c in CLASSES]
+with right:
+    st.dataframe(rows, hide_index=True, width="stretch")
+
+figure = go.Figure([
+    go.Bar(name="real train", x=list(CLASSES), y=[real_train[c] for c in CLASSES], marker_color="#8c6d62"),
+    go.Bar(name="+ accepted synthetic", x=list(CLASSES), y=[accepted[c] for c in CLASSES], marker_color="#e07a5f"),
+])
+figure.add_scatter(x=list(CLASSES), y=[targets[c] for c in CLASSES], mode="markers", name="target",
+                   marker={"symbol": "line-ew-open", "size": 28, "color": "#3d405b", "line": {"width": 3}})
+figure.update_layout(barmode="stack", height=360, margin={"t": 30, "b": 10}, yaxis_title="images",
+                     title="Class balance: before (real) and after (stacked: + accepted synthetic)",
+                     yaxis_type="log" if st.toggle("log scale", True, key="overview_log") else "linear")
+st.plotly_chart(figure, width="stretch")
+
+needed = sum(deficit.values())
+if api.can_decide():
+    label = f"Queue generation of {needed} images for the deficit" if needed else "No class needs images"
+    if st.button(label, disabled=needed == 0, type="primary", key="overview_generate"):
+        params = {"rule": rule, "target": int(fixed)} if rule == "fixed" else {"rule": rule}
+        job = api.call(client.submit_job, "generate", params)
+        if job is not None:
+            st.success(f"Queued generate job {job.id}; a score job follows it. Its images appear under Review "
+                       "as they are made.")
+
+st.subheader("Jobs")
+pages = [api.call(client.jobs, state=state) for state in ("running", "cancelling", "queued")]
+active = [job for page in pages if page is not None for job in page.items]
+if not active:
+    st.caption("No job is running or queued.")
+for job in active:
+    fraction = job.progress.fraction
+    text = f"job {job.id} · {job.kind} · {job.state.value}" + (f" · {job.progress.message}"
+                                                                if job.progress.message else "")
+    st.progress(min(1.0, fraction or 0.0), text=text)

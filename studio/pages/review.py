@@ -1,0 +1,211 @@
+"""Review: a class's synthetic lesions as an enlarged grid, filtered and sorted by status, generation job, scores
+and reviewer; accept / reject with reasons, in bulk or one by one with the keyboard (A accept, X reject, N next,
+U undo); the current image large beside its nearest real training image; real images of the class as a reference.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from engine.data.labels import CLASS_NAMES, CLASSES
+from studio import api
+
+REASONS = {"unrealistic_texture": "unrealistic texture", "wrong_class_features": "wrong class features",
+           "artifact": "artifact", "duplicate": "duplicate", "near_copy": "near-copy of a real image",
+           "other": "other (say what in the note)"}
+SORTS = {"oldest": "oldest first", "newest": "newest first", "-intended_prob": "intended class: most likely first",
+         "intended_prob": "intended class: least likely first", "nearest_real_dist": "closest to a real image first",
+         "-nearest_real_dist": "farthest from real first", "dup_group": "duplicate groups together",
+         "sharpness": "blurriest first"}
+COLUMNS = 8
+
+state = st.session_state
+client = api.client()
+me = api.session().user
+state.setdefault("review_offset", 0)
+state.setdefault("review_cursor", 0)
+state.setdefault("review_undo", [])  # one entry per action: the event seqs it made, for U
+
+st.title("Review")
+
+# -- what to show ---------------------------------------------------------------------------------------------------
+top = st.columns([2, 2, 2, 3])
+label = top[0].selectbox("Class", CLASSES, format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="review_class")
+status = top[1].segmented_control("Status", ["pending", "accepted", "rejected", "all"], default="pending",
+                                  key="review_status", required=True)
+sort = top[2].selectbox("Sort", list(SORTS), format_func=SORTS.get, key="review_sort")
+mine = top[3].toggle("Only images I have not decided (my queue)", value=True, key="review_mine")
+with st.expander("Filters by score, job and reviewer · display"):
+    cols = st.columns(4)
+    intended = cols[0].slider("Intended-class probability", 0.0, 1.0, (0.0, 1.0), 0.05, key="review_intended")
+    max_nearest = cols[1].number_input("Nearest-real distance at most (0 = any)", 0.0, 1e6, 0.0,
+                                       key="review_max_nearest")
+    generate_jobs = api.call(client.jobs, kind="generate")
+    job_ids = [None] + [j.id for j in (generate_jobs.items if generate_jobs else [])]
+    generation_job = cols[2].selectbox("Generation job", job_ids, format_func=lambda j: "any" if j is None else
+                                       f"job {j}", key="review_job")
+    reviewers = [None, *(api.call(client.reviewers) or [])]
+    reviewer = cols[3].selectbox("Decided by", reviewers, format_func=lambda r: "anyone or no one" if r is None
+                                 else r, key="review_reviewer")
+    dup_group = cols[0].number_input("Duplicate group (-1 = any)", -1, 10**9, -1, key="review_dup")
+    page_size = cols[1].select_slider("Images per page", [24, 48, 96], 48, key="review_page_size")
+    side = cols[2].select_slider("Thumbnail size (px)", [64, 96, 128, 160], 128, key="review_side")
+    smooth = cols[3].radio("Enlarge with", ["nearest neighbour", "smooth"], key="review_scaling",
+                           horizontal=True) == "smooth"
+
+filters = {"label": label, "status": None if status == "all" else status, "sort": sort, "mine": mine,
+           "min_intended": intended[0] if intended[0] > 0 else None,
+           "max_intended": intended[1] if intended[1] < 1 else None,
+           "max_nearest": max_nearest or None, "generation_job": generation_job, "reviewer": reviewer,
+           "dup_group": dup_group if dup_group >= 0 else None}
+signature = repr(sorted(filters.items())) + f"|{page_size}"
+if state.get("review_signature") != signature:  # new filters: back to the first page
+    state.review_signature, state.review_offset, state.review_cursor = signature, 0, 0
+
+page = api.call(client.review_queue, **filters, limit=page_size, offset=state.review_offset)
+if page is None:
+    st.stop()
+if not page.items and state.review_offset > 0 and page.total > 0:  # the last page emptied under us: step back
+    state.review_offset = max(0, (page.total - 1) // page_size * page_size)
+    st.rerun()
+items = page.items
+state.review_cursor = min(state.review_cursor, max(0, len(items) - 1))
+current = items[state.review_cursor] if items else None
+selected = [i.id for i in items if state.get(f"select_{i.id}")]
+
+# -- reference strip --------------------------------------------------------------------------------------------
+reference = api.call(client.images, source="real", split="train", label=label, limit=COLUMNS)
+if reference and reference.items:
+    st.caption(f"Real **{label}** images from the train split, for reference")
+    strip = st.columns(COLUMNS)
+    for column, image in zip(strip, reference.items, strict=False):
+        column.image(api.image_png(client, image.id, side, smooth), width="stretch")
+
+def number(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+# -- actions ----------------------------------------------------------------------------------------------------
+def remember(events) -> None:
+    if events:
+        state.review_undo.append([e.seq for e in events])
+        for e in events:
+            state.pop(f"select_{e.image_id}", None)
+
+
+def advance() -> None:
+    """After a decision: in my queue the decided image leaves the page, so the cursor already points at the next."""
+    if not mine:
+        state.review_cursor += 1
+        if state.review_cursor >= len(items):
+            go_page(+1)
+
+
+def go_page(step: int) -> None:
+    new = state.review_offset + step * page_size
+    if 0 <= new < page.total:
+        state.review_offset, state.review_cursor = new, 0
+    else:
+        state.review_cursor = min(state.review_cursor, max(0, len(items) - 1))
+
+
+targets = selected or ([current.id] if current else [])
+target_text = f"{len(selected)} selected" if selected else "the current image"
+bar = st.columns([1.2, 1.2, 3, 1, 1, 1])
+reasons = bar[2].pills("Reject because", list(REASONS), format_func=REASONS.get, selection_mode="multi",
+                       key="review_reasons")
+note = st.text_input("Note (optional; needed for 'other')", key="review_note") if "other" in (reasons or []) \
+    else None
+decide_allowed = api.can_decide() and bool(targets)
+bar[5].caption(f"Acts on {target_text}")
+if bar[0].button("Accept", type="primary", shortcut="a", disabled=not decide_allowed,
+                 key="review_accept", help="Keyboard: A"):
+    events = api.call(client.decide, targets, "accept")
+    remember(events)
+    if events and not selected:
+        advance()
+    st.rerun()
+if bar[1].button("Reject", shortcut="x", disabled=not decide_allowed, key="review_reject",
+                 help="Keyboard: X (choose the reasons first; R is Streamlit's own rerun key)"):
+    if not reasons:
+        st.error("Choose at least one reason to reject.")
+    else:
+        events = api.call(client.decide, targets, "reject", list(reasons), note)
+        remember(events)
+        if events and not selected:
+            advance()
+        if events:
+            st.rerun()
+if bar[3].button("Next", shortcut="n", key="review_next", help="Keyboard: N", disabled=not items):
+    state.review_cursor += 1
+    if state.review_cursor >= len(items):
+        go_page(+1)
+    st.rerun()
+if bar[4].button("Undo", shortcut="u", key="review_undo_button", disabled=not state.review_undo,
+                 help="Keyboard: U — takes back your last action (a new event; nothing is deleted)"):
+    for seq in reversed(state.review_undo.pop()):
+        api.call(client.undo, seq)
+    st.rerun()
+if not api.can_decide():
+    st.info(f"{me.name} is a {me.role}: you can look, not decide.")
+
+# -- the grid and the detail --------------------------------------------------------------------------------------
+first, last = state.review_offset + 1, state.review_offset + len(items)
+st.caption(f"{page.total} images match · showing {first}–{last}" if items else
+           "Nothing to review with these filters." + (" Your queue for this class is empty." if mine else ""))
+grid_side, detail_side = st.columns([3, 1.3])
+with grid_side:
+    choose = st.columns([1, 1, 1, 3])
+    if choose[0].button("Select page", key="review_select_all", disabled=not items):
+        for i in items:
+            state[f"select_{i.id}"] = True
+        st.rerun()
+    if choose[1].button("Clear selection", key="review_clear", disabled=not selected):
+        for i in items:
+            state[f"select_{i.id}"] = False
+        st.rerun()
+    for row_start in range(0, len(items), COLUMNS):
+        cells = st.columns(COLUMNS)
+        for index, (cell, item) in enumerate(zip(cells, items[row_start:row_start + COLUMNS], strict=False),
+                                             start=row_start):
+            marker = "▶ " if index == state.review_cursor else ""
+            score = f"p={item.intended_prob:.2f}" if item.intended_prob is not None else "unscored"
+            mine_text = f" · you: {item.my_decision}" if item.my_decision else ""
+            cell.image(api.image_png(client, item.id, side, smooth), width="stretch",
+                       caption=f"{marker}{score} · {item.status}{mine_text}")
+            cell.checkbox("select", key=f"select_{item.id}", label_visibility="collapsed")
+            if cell.button("open", key=f"open_{item.id}", type="tertiary"):
+                state.review_cursor = index
+                st.rerun()
+    nav = st.columns([1, 1, 4])
+    if nav[0].button("◀ Previous page", disabled=state.review_offset == 0, key="review_prev_page"):
+        go_page(-1)
+        st.rerun()
+    if nav[1].button("Next page ▶", disabled=last >= page.total, key="review_next_page"):
+        go_page(+1)
+        st.rerun()
+
+with detail_side:
+    if current is not None:
+        st.markdown(f"**Current image** ({state.review_cursor + first} of {page.total})")
+        pair = st.columns(2)
+        pair[0].image(api.image_png(client, current.id, 256, smooth, thumbnail=False), caption="synthetic",
+                      width="stretch")
+        if current.nearest_real_id:
+            pair[1].image(api.image_png(client, current.nearest_real_id, 256, smooth, thumbnail=False),
+                          caption=f"nearest real (distance {current.nearest_real_dist:.3g})", width="stretch")
+        if current.near_copy:
+            st.warning("Flagged as a near-copy of that real image (memorisation).")
+        st.markdown(
+            f"- status **{current.status}** ({current.accepts} accept, {current.rejects} reject; "
+            f"{', '.join(current.reviewers) or 'no one yet'})\n"
+            f"- intended-class probability **{number(current.intended_prob, '.3f')}** (the reference model "
+            f"says: {current.predicted_class or '–'})\n"
+            f"- duplicate group {'none' if current.dup_group in (None, -1) else int(current.dup_group)}, "
+            f"sharpness {number(current.sharpness, '.3g')}\n"
+            f"- generation job {current.generation_job}, seed {current.seed}, guidance {current.guidance}, "
+            f"{current.steps} steps\n- checkpoint `{current.checkpoint}`")
+        if current.my_decision and current.my_seq and api.can_decide() and st.button(
+                f"Undo my '{current.my_decision}'", key="review_undo_current"):
+            api.call(client.undo, current.my_seq)
+            st.rerun()

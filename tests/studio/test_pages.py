@@ -1,0 +1,128 @@
+"""Each studio page's logic through Streamlit's AppTest, against a real engine server (the studio is an API
+client, so its state is checked through the API)."""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.processes import seed_review_workspace, start_server
+
+APP = str(Path(__file__).resolve().parents[2] / "studio" / "app.py")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = start_server(tmp_path_factory.mktemp("studio") / "ws")
+    server.ids = seed_review_workspace(server)
+    admin = server.client()
+    admin.add_user("ann", "ann-password", "reviewer")
+    admin.add_user("ada", "ada-password", "admin")
+    admin.add_user("vic", "vic-password", "viewer")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def app(server, monkeypatch):
+    monkeypatch.setenv("DERMAE_API_URL", server.url)
+
+    def signed_in(name: str, page: str = "pages/overview.py") -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=60).run()
+        at.text_input(key="sign_in_name").input(name)
+        at.text_input(key="sign_in_password").input(f"{name}-password")
+        at.button[0].click().run()
+        assert not at.exception, at.exception
+        # AppTest stays on the script it ran (a browser lands on the default page): go where the test wants
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+        return at
+
+    return signed_in
+
+
+def test_sign_in_refuses_a_wrong_password_and_accepts_the_right_one(server, monkeypatch):
+    monkeypatch.setenv("DERMAE_API_URL", server.url)
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.text_input(key="sign_in_name").input("ann")
+    at.text_input(key="sign_in_password").input("wrong password")
+    at.button[0].click().run()
+    assert any("wrong name or password" in e.value for e in at.error)
+    assert "session" not in at.session_state
+    at.text_input(key="sign_in_password").input("ann-password")
+    at.button[0].click().run()
+    assert at.session_state["session"].user.name == "ann"
+    assert at.switch_page("pages/overview.py").run().title[0].value == "Overview"
+
+
+def test_overview_counts_per_class_and_queues_generation_for_the_deficit(server, app):
+    at = app("ann")
+    table = at.dataframe[0].value
+    df_row = table[table["class"] == "df"].iloc[0]
+    assert df_row["pending"] == 12 and df_row["real train"] > 0
+    assert df_row["still needed"] == df_row["target"] - df_row["real train"] - df_row["accepted"]
+    at.radio(key="overview_rule").set_value("fixed").run()
+    at.number_input(key="overview_target").set_value(100).run()
+    at.button(key="overview_generate").click().run()
+    assert any("Queued generate job" in s.value for s in at.success)
+    job = server.client().jobs(kind="generate").items[0]
+    assert job.params["rule"] == "fixed" and job.params["target"] == 100
+    server.client().cancel_job(job.id)
+
+
+def test_review_accept_reject_with_reasons_and_undo_are_the_signed_in_users(server, app):
+    at = app("ann", "pages/review.py")
+    at.selectbox(key="review_class").select("df").run()
+    assert at.session_state["review_cursor"] == 0
+    first = server.client().review_queue(label="df", sort="oldest", limit=3).items
+    at.button(key="review_accept").click().run()  # no selection: the current image
+    events = server.client().review_history(image_id=first[0].id).items
+    assert [(e.reviewer, e.decision) for e in events] == [("ann", "accept")]
+    at.button(key="review_reject").click().run()
+    assert any("reason" in e.value for e in at.error)  # a rejection needs a reason; nothing recorded
+    assert server.client().review_history(image_id=first[1].id).total == 0
+    at.pills(key="review_reasons").set_value(["artifact"]).run()
+    at.button(key="review_reject").click().run()
+    [rejected] = server.client().review_history(image_id=first[1].id).items
+    assert rejected.reviewer == "ann" and rejected.reasons == ["artifact"]
+    at.button(key="review_undo_button").click().run()
+    history = server.client().review_history(image_id=first[1].id).items
+    assert history[0].decision == "undo" and history[0].undoes == rejected.seq
+
+
+def test_review_bulk_selection_and_paging_keep_their_place(server, app):
+    at = app("ann", "pages/review.py")
+    at.selectbox(key="review_class").select("vasc").run()
+    at.toggle(key="review_mine").set_value(False).run()
+    at.select_slider(key="review_page_size").set_value(24).run()
+    queue = server.client().review_queue(label="vasc", sort="oldest", limit=10).items
+    for item in queue[:2]:
+        at.checkbox(key=f"select_{item.id}").check()
+    at.run()
+    at.button(key="review_accept").click().run()
+    decided = {e.image_id for e in server.client().review_history(label="vasc", reviewer="ann").items}
+    assert decided == {queue[0].id, queue[1].id}
+
+
+def test_a_viewer_can_look_but_not_decide(app):
+    at = app("vic", "pages/review.py")
+    assert at.button(key="review_accept").disabled
+    assert any("you can look, not decide" in i.value for i in at.info)
+
+
+def test_agreement_page_lets_an_admin_set_the_policy(server, app):
+    at = app("ada", "pages/agreement.py")
+    at.number_input(key="policy_k").set_value(2)
+    next(b for b in at.button if b.label == "Set policy").click().run()
+    assert server.client().review_policy().accepts_needed == 2
+    assert "**2** accept(s)" in at.markdown[0].value
+    server.client().set_review_policy(1)
+    agreement = at.dataframe[1].value
+    assert agreement["class"].tolist() == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+
+
+def test_history_lists_every_event_newest_first(server, app):
+    at = app("ann", "pages/history.py")
+    table = at.dataframe[0].value
+    assert len(table) == server.client().review_history().total
+    assert table["#"].is_monotonic_decreasing
