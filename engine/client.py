@@ -155,6 +155,11 @@ class Client:
         raw = self._request("GET", "/images/scores", params={"ids": ",".join(image_ids)}).json()
         return {i: {n: ScoreValue.model_validate(v) for n, v in named.items()} for i, named in raw.items()}
 
+    def thumbnails(self, image_ids: list[str]) -> dict[str, bytes]:
+        """Thumbnails of up to 200 images in one round trip."""
+        answer = self._request("GET", "/images/thumbs", params={"ids": ",".join(image_ids)}).json()
+        return {i: base64.b64decode(data) for i, data in answer.items()}
+
     def image_bytes(self, image_id: str, *, thumbnail: bool = False) -> bytes:
         return self._request("GET", f"/images/{image_id}/{'thumb' if thumbnail else 'file'}").content
 

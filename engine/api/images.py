@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Annotated
@@ -14,6 +15,13 @@ router = APIRouter(tags=["images"])
 
 ImageId = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="Image id (64 hex digits).")]
 _LABEL = r"^(akiec|bcc|bkl|df|mel|nv|vasc)$"
+
+
+def _parse_ids(ids: str, most: int) -> list[str]:
+    wanted = list(dict.fromkeys(i for i in ids.split(",") if i))
+    if not wanted or len(wanted) > most or not all(re.fullmatch(r"[0-9a-f]{64}", i) for i in wanted):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"ids: 1 to {most} comma-separated image ids")
+    return wanted
 
 
 def _info(row: dict) -> ImageInfo:
@@ -48,11 +56,24 @@ def image_scores(
     ids: Annotated[str, Query(max_length=66_000, description="Comma-separated image ids (at most 1000).")],
 ) -> dict[str, dict[str, ScoreValue]]:
     """Scores per image: {image_id: {name: {value, ref}}}."""
-    wanted = [i for i in ids.split(",") if i]
-    if len(wanted) > 1000 or not all(re.fullmatch(r"[0-9a-f]{64}", i) for i in wanted):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "ids: up to 1000 comma-separated image ids")
+    wanted = _parse_ids(ids, 1000)
     scores = request.app.state.store.images.scores(wanted)
     return {i: {n: ScoreValue(value=v, ref=r) for n, (v, r) in named.items()} for i, named in scores.items()}
+
+
+@router.get("/images/thumbs", response_model=dict[str, str])
+def thumbnails(
+    request: Request,
+    ids: Annotated[str, Query(max_length=13_200, description="Comma-separated image ids (at most 200).")],
+) -> dict[str, str]:
+    """Many thumbnails in one answer, {id: base64 PNG/JPEG}: a review page's 48 in one round trip."""
+    wanted = _parse_ids(ids, 200)
+    paths = request.app.state.store.images.thumb_paths(wanted)
+    missing = [i for i in wanted if i not in paths]
+    if missing:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no image {missing[0]} (and {len(missing) - 1} more)")
+    thumbs = ImageStore(request.app.state.settings.thumbs_dir)
+    return {i: base64.b64encode(thumbs.absolute(paths[i]).read_bytes()).decode() for i in wanted}
 
 
 @router.get("/images", response_model=ImagePage)

@@ -166,6 +166,12 @@ class ImageQueries:
                     "ORDER BY created_at DESC, id LIMIT ? OFFSET ?", [*params, limit, offset])
         return total, [dict(zip(IMAGE_COLUMNS, row, strict=True)) for row in cur.fetchall()]
 
+    def thumb_paths(self, image_ids: list[str]) -> dict[str, str]:
+        """{image_id: thumbnail path} for those of the ids that exist."""
+        cur = self.db.cursor()
+        cur.register("wanted_ids", pa.table({"id": image_ids}))
+        return dict(cur.execute("SELECT i.id, i.thumb_path FROM images i JOIN wanted_ids USING (id)").fetchall())
+
     def get(self, image_id: str) -> dict[str, Any] | None:
         row = self.db.cursor().execute(
             f"SELECT {', '.join(IMAGE_COLUMNS)} FROM images WHERE id = ?", [image_id]).fetchone()

@@ -73,8 +73,11 @@ state.review_cursor = min(state.review_cursor, max(0, len(items) - 1))
 current = items[state.review_cursor] if items else None
 selected = [i.id for i in items if state.get(f"select_{i.id}")]
 
-# -- reference strip --------------------------------------------------------------------------------------------
 reference = api.call(client.images, source="real", split="train", label=label, limit=COLUMNS)
+api.call(api.prefetch_thumbnails, client, [i.id for i in items] + [i.id for i in (reference.items if reference
+                                                                                     else [])])
+
+# -- reference strip --------------------------------------------------------------------------------------------
 if reference and reference.items:
     st.caption(f"Real **{label}** images from the train split, for reference")
     strip = st.columns(COLUMNS)

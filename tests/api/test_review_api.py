@@ -103,3 +103,15 @@ def test_agreement_and_the_policy(server):
     assert accepted == {i for i, d in zip(images, decisions, strict=True) if d == "accept"}  # two accepts each
     assert ada.set_review_policy(1).accepts_needed == 1
     assert set(server.client().reviewers()) >= {"ann", "bob"}
+
+
+def test_a_page_of_thumbnails_comes_in_one_answer(server):
+    client = server.client()
+    ids = server.ids["df"][:5]
+    batch = client.thumbnails(ids)
+    assert list(batch) == ids
+    assert all(batch[i] == client.image_bytes(i, thumbnail=True) for i in ids)
+    for bad, code in ((["0" * 64], 404), (["../etc/passwd"], 422), ([f"{i:064x}" for i in range(201)], 422)):
+        with pytest.raises(ApiError) as e:
+            client.thumbnails(bad)
+        assert e.value.status_code == code
