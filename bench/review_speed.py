@@ -131,12 +131,13 @@ def main() -> None:
         finally:
             server.stop()
     print(f"\n{'what':<52} {'median ms':>10} {'x /health':>10}")
-    for what, ms in (("GET /health (baseline)", health), ("review queue, 48 of my queue", query),
-                     ("review queue, filtered + sorted by score", filtered), ("48 thumbnails, one request (what the studio does)", thumbs),
-                     ("48 thumbnails, one request each", one_by_one),
-                     ("query + 48 thumbnails", query + thumbs), ("one decision (POST /reviews)", decide),
-                     ("Review page render, cold image cache (AppTest)", cold),
-                     ("Review page render, warm (AppTest)", warm)):
+    rows = (("GET /health (baseline)", health), ("review queue, 48 of my queue", query),
+            ("review queue, filtered + sorted by score", filtered),
+            ("48 thumbnails, one request (what the studio does)", thumbs),
+            ("48 thumbnails, one request each", one_by_one), ("query + 48 thumbnails", query + thumbs),
+            ("one decision (POST /reviews)", decide), ("Review page render, cold image cache (AppTest)", cold),
+            ("Review page render, warm (AppTest)", warm))
+    for what, ms in rows:
         print(f"{what:<52} {ms:>10.1f} {ms / health:>10.1f}")
     print(f"\ntargets: page under 1000 ms -> {'met' if max(cold, query + thumbs) < 1000 else 'NOT met'}; "
           f"decision under 100 ms -> {'met' if decide < 100 else 'NOT met'}")
