@@ -49,6 +49,7 @@ bench: install  ## benchmarks: print figures and ratios, assert nothing about ti
 	$(BIN)/python bench/import_speed.py
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/mae_speed.py
+	$(BIN)/python bench/review_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
