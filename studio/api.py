@@ -12,10 +12,11 @@ import streamlit as st
 from PIL import Image
 
 from engine.client import ApiError, Client, ServerNotFound
-from engine.schemas import Session
+from engine.schemas import JobPage, Session
 from engine.settings import Settings, api_url
 
 T = TypeVar("T")
+EMPTY_JOBS = JobPage(total=0, items=[])
 ROLES_THAT_DECIDE = ("admin", "reviewer")
 
 

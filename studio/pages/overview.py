@@ -49,13 +49,21 @@ st.plotly_chart(figure, width="stretch")
 
 needed = sum(deficit.values())
 if api.can_decide():
+    # Generation needs a trained generator: one that is done, or one still training (then generation waits for it).
+    trained = bool((api.call(client.jobs, kind="train_ldm", state="succeeded", limit=1) or api.EMPTY_JOBS).total)
+    training = [j for state in ("running", "queued") for j in (api.call(client.jobs, kind="train_ldm", state=state)
+                                                               or api.EMPTY_JOBS).items]
+    if not trained and not training:
+        st.info("No generator is trained yet: start one with `dermae pipeline generator` (or `make demo`).")
     label = f"Queue generation of {needed} images for the deficit" if needed else "No class needs images"
-    if st.button(label, disabled=needed == 0, type="primary", key="overview_generate"):
+    if st.button(label, disabled=needed == 0 or not (trained or training), type="primary", key="overview_generate"):
         params = {"rule": rule, "target": int(fixed)} if rule == "fixed" else {"rule": rule}
-        job = api.call(client.submit_job, "generate", params)
+        after = [] if trained else [training[0].id]
+        job = api.call(client.submit_job, "generate", params, after=after)
         if job is not None:
-            st.success(f"Queued generate job {job.id}; a score job follows it. Its images appear under Review "
-                       "as they are made.")
+            waits = f" It starts when generator job {after[0]} has finished." if after else ""
+            st.success(f"Queued generate job {job.id}; a score job follows it.{waits} Its images appear under "
+                       "Review as they are made.")
 
 st.subheader("Jobs")
 pages = [api.call(client.jobs, state=state) for state in ("running", "cancelling", "queued")]

@@ -57,6 +57,12 @@ def test_sign_in_refuses_a_wrong_password_and_accepts_the_right_one(server, monk
 
 def test_overview_counts_per_class_and_queues_generation_for_the_deficit(server, app):
     at = app("ann")
+    assert at.button(key="overview_generate").disabled  # no generator trained or training
+    assert any("No generator is trained yet" in i.value for i in at.info)
+    # a generator still training (held back behind a job that never ends): generation is chained after it
+    blocker = server.client().submit_job("selftest", {"steps": 10**6, "step_seconds": 1})
+    ldm = server.client().submit_job("train_ldm", {}, after=[blocker.id])
+    at.run()
     table = at.dataframe[0].value
     df_row = table[table["class"] == "df"].iloc[0]
     assert df_row["pending"] == 12 and df_row["real train"] > 0
@@ -66,8 +72,9 @@ def test_overview_counts_per_class_and_queues_generation_for_the_deficit(server,
     at.button(key="overview_generate").click().run()
     assert any("Queued generate job" in s.value for s in at.success)
     job = server.client().jobs(kind="generate").items[0]
-    assert job.params["rule"] == "fixed" and job.params["target"] == 100
-    server.client().cancel_job(job.id)
+    assert job.params["rule"] == "fixed" and job.params["target"] == 100 and job.after == [ldm.id]
+    for queued in (job, ldm, blocker):
+        server.client().cancel_job(queued.id)
 
 
 def test_review_accept_reject_with_reasons_and_undo_are_the_signed_in_users(server, app):
