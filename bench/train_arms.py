@@ -6,7 +6,10 @@ synthetic + MAE teacher + KD. Here "curated" is automatic — the score job's nu
 no near-copies, one image per duplicate group) stand in for the clinicians — so the value of curation itself is
 measured. Needs a workspace where the generator chain has run (dermae pipeline generator).
 
-    python bench/train_arms.py --workspace WS [--profile tiny] [--min-intended 0.5]
+    python bench/train_arms.py --workspace WS [--profile tiny] [--min-intended 0.5] [--arms uncurated,curated]
+
+`--arms` runs some of them (the real-only and the curated + MAE + KD arms are also what `make train` runs, so a
+workspace that has run it needs only the other two); MAE and the teacher are trained only for the KD arm.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ def main() -> None:
     parser.add_argument("--workspace", type=Path, required=True)
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--min-intended", type=float, default=0.5)
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"Comma-separated, from {', '.join(ARMS)}.")
     args = parser.parse_args()
+    arms = {a: ARMS[a] for a in args.arms.split(",")}
     profile = load_profile(args.profile)
     server = None
     try:
@@ -59,9 +64,9 @@ def main() -> None:
                                                                                dataset=versions["scores"])),
             PipelineStep(key="teacher", kind="finetune", after_keys=["mae"],
                          params=profile.params("finetune", dataset=versions["scores"])),
-        ]
+        ] if any(teacher for *_, teacher in arms.values()) else []
         for student in profile.students:
-            for arm, (label, sel, synthetic, teacher) in ARMS.items():
+            for arm, (label, sel, synthetic, teacher) in arms.items():
                 key = f"{arm}.{student['arch']}"
                 steps.append(PipelineStep(key=key, kind="distill", after_keys=["teacher"] if teacher else [],
                                           params=profile.params("distill", dataset=versions[sel], **student,
