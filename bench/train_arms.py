@@ -42,6 +42,9 @@ def main() -> None:
     parser.add_argument("--min-intended", type=float, default=0.5)
     parser.add_argument("--arms", default=",".join(ARMS), help=f"Comma-separated, from {', '.join(ARMS)}.")
     args = parser.parse_args()
+    unknown = set(args.arms.split(",")) - set(ARMS)
+    if unknown:
+        parser.error(f"unknown arms {sorted(unknown)}: choose from {', '.join(ARMS)}")
     arms = {a: ARMS[a] for a in args.arms.split(",")}
     profile = load_profile(args.profile)
     server = None
