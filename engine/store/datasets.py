@@ -18,7 +18,7 @@ from typing import Any
 from engine.data.labels import CLASSES, SPLITS
 from engine.files import sha256_file
 from engine.store.db import Database, utc_now
-from engine.store.images import REVIEW_STATUS_SQL
+from engine.store.reviews import REVIEW_STATUS_SQL
 
 # Which synthetic images a version takes (parameters: accepts needed, selection, min intended prob, targets):
 #   reviewed  accepted under the policy: k accepts and no reject (the product's curation)

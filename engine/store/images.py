@@ -8,29 +8,9 @@ import pyarrow as pa
 
 from engine.data.labels import CLASSES, SPLITS
 from engine.store.db import Database, utc_now
+from engine.store.reviews import REVIEW_STATUS_SQL
 
 REVIEW_STATUSES = ("pending", "accepted", "rejected")
-
-# Current decision per (image, reviewer): the latest event that is not an undo and was not undone.
-# An image is rejected if any reviewer currently rejects it, accepted with $accepts accepts and no reject.
-REVIEW_STATUS_SQL = """
-WITH live AS (
-    SELECT image_id, reviewer, arg_max(decision, seq) AS decision
-    FROM reviews
-    WHERE decision <> 'undo' AND seq NOT IN (SELECT undoes FROM reviews WHERE undoes IS NOT NULL)
-    GROUP BY image_id, reviewer
-), per_image AS (
-    SELECT image_id, count(*) FILTER (decision = 'accept') AS accepts,
-           count(*) FILTER (decision = 'reject') AS rejects
-    FROM live GROUP BY image_id
-)
-SELECT i.id, i.label,
-       CASE WHEN coalesce(p.rejects, 0) > 0 THEN 'rejected'
-            WHEN coalesce(p.accepts, 0) >= $accepts THEN 'accepted'
-            ELSE 'pending' END AS status
-FROM images i LEFT JOIN per_image p ON p.image_id = i.id
-WHERE i.source = 'synthetic'
-"""
 
 IMAGE_COLUMNS = ("id", "content_id", "path", "thumb_path", "label", "source", "split", "lesion_id", "width",
                  "height", "format", "size_bytes", "import_batch", "original_name", "metadata", "duplicate_of",

@@ -31,14 +31,26 @@ WHERE decision <> 'undo' AND seq NOT IN (SELECT undoes FROM reviews WHERE undoes
 GROUP BY image_id, reviewer
 """
 
+PER_IMAGE_SQL = """
+    SELECT image_id, count(*) FILTER (decision = 'accept') AS accepts,
+           count(*) FILTER (decision = 'reject') AS rejects, list(reviewer ORDER BY reviewer) AS reviewers
+    FROM live GROUP BY image_id
+"""
+# The policy "k accepts and no reject": one reject rejects, k ($accepts) accepts accept, anything else is pending.
+STATUS_CASE = ("CASE WHEN coalesce(p.rejects, 0) > 0 THEN 'rejected' WHEN coalesce(p.accepts, 0) >= $accepts "
+               "THEN 'accepted' ELSE 'pending' END")
+
+# Every synthetic image's status under the policy: (id, label, status).
+REVIEW_STATUS_SQL = f"""
+WITH live AS ({LIVE_SQL}), per_image AS ({PER_IMAGE_SQL})
+SELECT i.id, i.label, {STATUS_CASE} AS status
+FROM images i LEFT JOIN per_image p ON p.image_id = i.id
+WHERE i.source = 'synthetic'
+"""
+
 QUEUE_SQL = f"""
 WITH live AS ({LIVE_SQL}),
-per_image AS (
-    SELECT image_id, count(*) FILTER (decision = 'accept') AS accepts,
-           count(*) FILTER (decision = 'reject') AS rejects, count(*) AS decided_by,
-           list(reviewer ORDER BY reviewer) AS reviewers
-    FROM live GROUP BY image_id
-),
+per_image AS ({PER_IMAGE_SQL}),
 sc AS (
     SELECT image_id,
            max(value) FILTER (name = 'intended_prob') AS intended_prob,
@@ -51,8 +63,7 @@ sc AS (
     FROM scores GROUP BY image_id
 )
 SELECT i.id, i.label, i.generation_job, i.seed, i.guidance, i.steps, i.checkpoint, i.created_at,
-       CASE WHEN coalesce(p.rejects, 0) > 0 THEN 'rejected'
-            WHEN coalesce(p.accepts, 0) >= $accepts THEN 'accepted' ELSE 'pending' END AS status,
+       {STATUS_CASE} AS status,
        coalesce(p.accepts, 0) AS accepts, coalesce(p.rejects, 0) AS rejects,
        coalesce(p.reviewers, []) AS reviewers, mine.decision AS my_decision, mine.seq AS my_seq,
        sc.intended_prob, sc.nearest_real_dist, sc.nearest_real_id, sc.near_copy, sc.dup_group, sc.sharpness,
@@ -210,11 +221,9 @@ class ReviewQueries:
             raise ReviewProblem(f"sort {sort!r}: choose one of {', '.join(SORTS)}")
         accepts = self.accepts_needed()
         where, params = [], {"accepts": accepts, "me": me or "", "limit": limit, "offset": offset}
-        status_sql = ("CASE WHEN coalesce(p.rejects, 0) > 0 THEN 'rejected' WHEN coalesce(p.accepts, 0) >= $accepts "
-                      "THEN 'accepted' ELSE 'pending' END")
         conditions = [
             ("i.label = $label", "label", label),
-            (f"{status_sql} = $status", "status", status),
+            (f"{STATUS_CASE} = $status", "status", status),
             ("i.generation_job = $job", "job", generation_job),
             ("sc.intended_prob >= $min_intended", "min_intended", min_intended),
             ("sc.intended_prob <= $max_intended", "max_intended", max_intended),
