@@ -19,6 +19,11 @@ SORTS = {"oldest": "oldest first", "newest": "newest first", "-intended_prob": "
          "sharpness": "blurriest first"}
 COLUMNS = 8
 
+
+def number(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
 state = st.session_state
 client = api.client()
 me = api.session().user
@@ -84,10 +89,6 @@ if reference and reference.items:
     for column, image in zip(strip, reference.items, strict=False):
         column.image(api.image_png(client, image.id, side, smooth), width="stretch")
 
-def number(value: float | None, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
-
-
 # -- actions ----------------------------------------------------------------------------------------------------
 def remember(events) -> None:
     if events:
@@ -127,7 +128,8 @@ if bar[0].button("Accept", type="primary", shortcut="a", disabled=not decide_all
     remember(events)
     if events and not selected:
         advance()
-    st.rerun()
+    if events:  # on failure, stay: the error shown must not be wiped by a rerun
+        st.rerun()
 if bar[1].button("Reject", shortcut="x", disabled=not decide_allowed, key="review_reject",
                  help="Keyboard: X (choose the reasons first; R is Streamlit's own rerun key)"):
     if not reasons:
