@@ -3,6 +3,7 @@
 import json
 import re
 import signal
+import socket
 import stat
 
 import httpx
@@ -92,3 +93,14 @@ def test_dataset_versions_through_the_api(server, tmp_path):
     with pytest.raises(ApiError) as bad:
         client._request("POST", "/datasets", json={"name": "../x"})
     assert bad.value.status_code == 422
+
+
+def test_the_listening_socket_says_tcp_so_asyncio_sets_nodelay():
+    """With proto 0, asyncio skips TCP_NODELAY and every keep-alive answer waited ~40 ms (bench/review_speed.py)."""
+    from engine.api.server import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
