@@ -79,7 +79,7 @@ def test_sign_in_review_a_class_with_the_keyboard_reject_with_a_reason_and_undo(
     page.get_by_role("option", name="df · dermatofibroma").click()
     idle(page)
     page.get_by_text("10 images match").wait_for()
-    page.get_by_text("Current image").wait_for()
+    page.get_by_text("Current image", exact=True).wait_for()
     page.screenshot(path=SHOTS / "2-review-df.png", full_page=True)
 
     def ann_events():
