@@ -1,4 +1,5 @@
-"""Review decisions (append-only events), the acceptance policy, the review queue and reviewer agreement.
+"""Review decisions (append-only events), the acceptance policy, the review queue, and the live decisions that
+reviewer agreement (engine.metrics.review_agreement) is computed from.
 
 Nothing here updates or deletes a decision: an undo is a new event naming the one it takes back, and the current
 state of an image is derived from the events (REVIEW_STATUS_SQL) under the policy in force.
