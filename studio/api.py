@@ -4,6 +4,7 @@ shown as messages that say what to do. The studio holds nothing persistent; ever
 from __future__ import annotations
 
 import io
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -76,26 +77,34 @@ THUMBNAILS_KEPT = 20_000
 
 
 @st.cache_resource(show_spinner=False)
-def _thumbnails() -> OrderedDict[str, bytes]:
-    """Raw thumbnails by image id, shared by every session (ids are content hashes: never stale), LRU-bounded."""
-    return OrderedDict()
+def _thumbnails() -> tuple[OrderedDict[str, bytes], threading.Lock]:
+    """Raw thumbnails by image id, shared by every session (ids are content hashes: never stale), LRU-bounded;
+    sessions rerun on their own threads, hence the lock."""
+    return OrderedDict(), threading.Lock()
 
 
 def prefetch_thumbnails(signed_in: Client, image_ids: list[str]) -> None:
     """Fetch the thumbnails not held yet in one round trip per 200 (a page's 48 in one)."""
-    kept = _thumbnails()
-    missing = [i for i in dict.fromkeys(image_ids) if i not in kept]
+    kept, lock = _thumbnails()
+    with lock:
+        missing = [i for i in dict.fromkeys(image_ids) if i not in kept]
     for start in range(0, len(missing), 200):
-        kept.update(signed_in.thumbnails(missing[start:start + 200]))
-    while len(kept) > THUMBNAILS_KEPT:
-        kept.popitem(last=False)
+        fetched = signed_in.thumbnails(missing[start:start + 200])
+        with lock:
+            kept.update(fetched)
+            while len(kept) > THUMBNAILS_KEPT:
+                kept.popitem(last=False)
 
 
 @st.cache_data(max_entries=5_000, show_spinner=False)
 def image_png(_client: Client, image_id: str, side: int, smooth: bool, thumbnail: bool = True) -> bytes:
     """An image enlarged to `side` px (nearest-neighbour keeps the pixels honest; smooth is easier on the eye).
     Ids are content hashes, so the cache never goes stale and is shared by every session."""
-    data = _thumbnails().get(image_id) if thumbnail else None
+    kept, lock = _thumbnails()
+    with lock:
+        data = kept.get(image_id) if thumbnail else None
+        if data is not None:
+            kept.move_to_end(image_id)  # least recently used goes first
     if data is None:
         data = _client.image_bytes(image_id, thumbnail=thumbnail)
     with Image.open(io.BytesIO(data)) as img:
