@@ -76,10 +76,11 @@ def speed(model: LatentDiffusion, n: int, steps: int, batch: int) -> None:
           f"{batched / baseline:>8.2f}")
 
 
-def real_train(workspace: Path, size: int) -> np.ndarray:
-    """The real train split at `size` px, read through the workspace's engine (started here if not running)."""
+def real_train(workspace: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The real train split at `size` px and its labels, read through the workspace's engine (started here if not
+    running)."""
     from engine.client import Client, ServerNotFound
-    from engine.data.tensors import load_array
+    from engine.data.tensors import labels_of, load_array
     from engine.settings import Settings
 
     server = None
@@ -96,14 +97,14 @@ def real_train(workspace: Path, size: int) -> np.ndarray:
     finally:
         if server:
             server.stop()
-    return load_array(workspace, items, size)
+    return load_array(workspace, items, size), labels_of(items)
 
 
 def quality(model: LatentDiffusion, reference_dir: Path, workspace: Path, per_class: int) -> None:
     from engine.data.tensors import to_model_input
 
     reference, meta = load_reference(reference_dir)
-    _, real_feats = predict(reference, to_model_input(real_train(workspace, meta["image_size"])))
+    _, real_feats = predict(reference, to_model_input(real_train(workspace, meta["image_size"])[0]))
     real_feats = real_feats.numpy()
     print(f"\nsteps vs quality, {per_class} images per class. FD: all classes pooled against all real train images,"
           " in the reference classifier's feature space (not Inception: no downloadable weights here). intended:"
@@ -123,27 +124,52 @@ def quality(model: LatentDiffusion, reference_dir: Path, workspace: Path, per_cl
             print(f"{steps:>6}{guidance:>10.1f}{fd:>10.2f}{intended:>10.3f}{seconds:>10.3f}", flush=True)
 
 
-def fidelity(model: LatentDiffusion, reference_dir: Path, per_class: int, guidance: float, steps: int,
-             oversample: int) -> None:
+def fidelity(model: LatentDiffusion, reference_dir: Path, workspace: Path, per_class: int, guidance: float,
+             steps: int, oversample: int) -> None:
     """Per class: how often the reference classifier gives generated images their intended class — plain, and
-    keeping the best 1/oversample of each batch (the generate job's rejection sampling) — next to how often it
-    gives real val images their true class (the bar of issue 4)."""
+    keeping the best 1/oversample of each batch as the generate job does, ranked by intended-class probability
+    alone or weighted by realism (its default) — next to how often it gives real val images their true class
+    (the bar of issue 4); and each set's Fréchet distance to the real train images of the class."""
+    from engine.data.tensors import to_model_input
+
     reference, meta = load_reference(reference_dir)
-    print(f"\nclass fidelity, {per_class} kept images per class, guidance {guidance}, {steps} steps")
-    kept_header = f"oversample {oversample}"
-    print(f"{'class':<8}{'real val recall':>16}{'synthetic plain':>16}{kept_header:>14}{'bar met':>9}")
+    real_images, real_labels = real_train(workspace, meta["image_size"])
+    _, real_feats = predict(reference, to_model_input(real_images))
+    real_feats = real_feats.numpy()
+    print(f"\nclass fidelity, {per_class} kept images per class, guidance {guidance}, {steps} steps, best 1 of "
+          f"{oversample}. rate: intended-class rate; FD: to the class's real train images, reference features")
+    print(f"{'class':<7}{'real val':>9}{'plain rate':>11}{'FD':>7}{'by prob':>9}{'FD':>7}{'x realism':>10}{'FD':>7}"
+          f"{'bar met':>9}")
     for k, cls in enumerate(CLASSES):
         n = oversample * per_class
         seeds = list(range(k * 10_000, k * 10_000 + n))
         images = torch.cat([model.sample(torch.full((len(seeds[i:i + 64]),), k), guidance, steps,
                                          seeds=seeds[i:i + 64]) for i in range(0, n, 64)])
-        probs, _ = predict(reference, images.float() / 127.5 - 1)
-        plain = (probs[:per_class].argmax(1) == k).float().mean().item()
-        chunk = 32 * oversample  # as the generate job: keep the best 32 of each 32 x oversample candidates
-        best = torch.cat([p[p[:, k].argsort(descending=True)[:len(p) // oversample]] for p in probs.split(chunk)])
-        kept = (best.argmax(1) == k).float().mean().item()
+        probs, feats = predict(reference, images.float() / 127.5 - 1)
+        feats, real_k = feats.numpy(), real_feats[real_labels == k]
+        by_prob = probs[:, k].numpy()
+        by_realism = by_prob * np.minimum(1.0, metrics.sample_density(real_k, feats, 3))
+        figures = []
+        for chosen in (np.arange(per_class), _best(by_prob, oversample, per_class),
+                       _best(by_realism, oversample, per_class)):
+            figures += [float((probs[chosen].argmax(1) == k).float().mean()),
+                        metrics.frechet_distance(real_k, feats[chosen])]
+        plain, plain_fd, prob, prob_fd, realism, realism_fd = figures
         bar = meta["val_recall"][cls]
-        print(f"{cls:<8}{bar:>16.2f}{plain:>16.2f}{kept:>14.2f}{'yes' if kept >= bar else 'no':>9}", flush=True)
+        print(f"{cls:<7}{bar:>9.2f}{plain:>11.2f}{plain_fd:>7.1f}{prob:>9.2f}{prob_fd:>7.1f}{realism:>10.2f}"
+              f"{realism_fd:>7.1f}{'yes' if realism >= bar else 'no':>9}", flush=True)
+
+
+def _best(score: np.ndarray, oversample: int, kept: int, batch: int = 32) -> np.ndarray:
+    """As the generate job: batches of up to `batch` kept images, each the best of oversample x as many
+    candidates by `score`, until `kept` are kept."""
+    chosen, start = [], 0
+    while len(chosen) < kept:
+        keep = min(batch, kept - len(chosen))
+        window = score[start:start + keep * oversample]
+        chosen += (start + np.argsort(-window, kind="stable")[:keep]).tolist()
+        start += keep * oversample
+    return np.array(chosen)
 
 
 def main() -> None:
@@ -170,7 +196,7 @@ def main() -> None:
     speed(model, args.n, args.steps, args.batch)
     reference_dir = newest(args.workspace, "reference") if args.workspace else None
     if model_dir and reference_dir:
-        fidelity(model, reference_dir, args.per_class, args.guidance, args.steps, args.oversample)
+        fidelity(model, reference_dir, args.workspace, args.per_class, args.guidance, args.steps, args.oversample)
         if not args.no_quality:
             quality(model, reference_dir, args.workspace, args.per_class)
 

@@ -126,6 +126,14 @@ def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5) -> tuple[fl
     return float(density), float(coverage)
 
 
+def sample_density(real: np.ndarray, fake: np.ndarray, k: int = 3) -> np.ndarray:
+    """Per fake row: how many real k-NN balls contain it, divided by k — the per-sample term of density (Naeem et
+    al. 2020). 0 means off the real manifold; about 1 means as typical as a real sample. Needs k < N."""
+    r, f = _feats(real, "real"), _feats(fake, "fake")
+    _same_width(r, f, "real and fake")
+    return _ball_counts(f, r, _knn_radii(r, k, "real"), strict=False) / k
+
+
 def nearest(queries: np.ndarray, references: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """For each (Q, D) query row, the Euclidean distance to its nearest (R, D) reference row and that row's index.
 

@@ -219,3 +219,12 @@ def test_review_agreement_uses_cohen_for_two_reviewers_and_fleiss_for_more():
     assert rows["vasc"]["method"] == "fleiss" and rows["vasc"]["images"] == 2
     assert -1 <= rows["vasc"]["kappa"] < 1
     assert rows["nv"] == {"reviewers": [], "images": 0, "kappa": None, "method": None}
+
+
+def test_sample_density_is_zero_off_the_real_manifold_and_about_one_on_it(rng):
+    real = _gauss(rng, 400, 4)
+    typical, far = real[:50] + 0.01, real[:5] + 100.0
+    on = metrics.sample_density(real, typical, k=3)
+    assert on.mean() > 0.5 and (metrics.sample_density(real, far, k=3) == 0).all()
+    dens, _ = metrics.density_coverage(real, typical, k=3)
+    assert on.mean() == pytest.approx(dens, rel=0.2)  # the per-sample terms of the set's density

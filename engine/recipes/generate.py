@@ -3,14 +3,19 @@
 Quotas come from the rebalance planner (real train + already accepted synthetic, up to a target). Images are made
 by DPM-Solver++ with classifier-free guidance (conditional and null passes in one forward), each from its own
 seed, so any image can be regenerated from its provenance. With `oversample` > 1, each batch of kept images is
-the best of oversample × as many candidates by the reference classifier's probability of the intended class
-(rejection sampling): images that do not carry their class's features are not worth a dermatologist's time.
+the best of oversample × as many candidates (rejection sampling): images that do not carry their class's features
+are not worth a dermatologist's time. "Best" by default weighs the reference classifier's probability of the
+intended class by realism — how many real images of the class have the candidate within their k-NN ball in the
+classifier's feature space (per-sample density, capped at 1). By probability alone, high guidance keeps
+caricatures the classifier is sure of but no real lesion looks like: on the tiny model, vasc kept that way had
+FD 97 to real vasc and came out blue; weighted by realism FD 19, and the intended-class rate stayed 1.0.
 A score job runs after every generate job.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -33,27 +38,37 @@ class Params(BaseModel, extra="forbid"):
     batch_size: int = Field(32, ge=1, le=1024)
     oversample: float = Field(1.0, ge=1, le=10, description="Candidates per kept image (rejection sampling).")
     reference: str | None = Field(None, description="Reference classifier folder for oversampling.")
+    select_by: Literal["intended_x_realism", "intended"] = Field(
+        "intended_x_realism", description="How oversampling ranks candidates: intended-class probability weighted "
+                                          "by realism (per-sample density among real images of the class), or alone.")
+    realism_k: int = Field(3, ge=1, le=50, description="k of the real k-NN balls that realism counts.")
     seed: int = Field(0, ge=0)
 
 
 def run(params: Params, ctx: JobContext) -> dict:
     import math
 
+    import numpy as np
     import torch
 
+    from engine import metrics
     from engine.data.labels import CLASSES
     from engine.data.planner import plan_quotas
-    from engine.data.tensors import to_png_bytes
+    from engine.data.tensors import to_model_input, to_png_bytes
     from engine.models.classifier import load_reference, predict
     from engine.models.ldm import load_generator
-    from engine.recipes.common import artifact_path, device
+    from engine.recipes.common import artifact_path, device, real_split
 
     model_dir = artifact_path(ctx, "ldm_model", params.model, "train_ldm")
     model = load_generator(model_dir).to(device()).eval()
-    reference = None
+    reference, real_features = None, {}
     if params.oversample > 1:
-        reference, _ = load_reference(artifact_path(ctx, "reference_classifier", params.reference,
-                                                    "train_reference"))
+        reference, meta = load_reference(artifact_path(ctx, "reference_classifier", params.reference,
+                                                       "train_reference"))
+        if params.select_by == "intended_x_realism":
+            real_images, real_labels, _ = real_split(ctx, "train", meta["image_size"])
+            _, features = predict(reference, to_model_input(real_images))
+            real_features = {k: features.numpy()[real_labels == k] for k in range(len(CLASSES))}
 
     checkpoint = ctx.latest_checkpoint()
     if checkpoint is not None:
@@ -83,8 +98,12 @@ def run(params: Params, ctx: JobContext) -> dict:
             images = model.sample(labels, params.guidance, params.steps, seeds=seeds)
             chosen = list(range(n))
             if reference is not None:
-                probs, _ = predict(reference, images.float() / 127.5 - 1)
-                chosen = probs[:, k].argsort(descending=True)[:keep].sort().values.tolist()
+                probs, features = predict(reference, images.float() / 127.5 - 1)
+                score = probs[:, k].numpy()
+                if params.select_by == "intended_x_realism" and len(real_features[k]) > params.realism_k:
+                    realism = metrics.sample_density(real_features[k], features.numpy(), params.realism_k)
+                    score = score * np.minimum(1.0, realism)
+                chosen = sorted(np.argsort(-score, kind="stable")[:keep].tolist())
             ctx.api.add_synthetic(ctx.job_id, ctx.attempt, [
                 {"png": to_png_bytes(images[i]), "label": cls, "seed": seeds[i], "guidance": params.guidance,
                  "steps": params.steps, "checkpoint": str(model_dir)} for i in chosen[:keep]])
