@@ -42,7 +42,8 @@ class Params(BaseModel, extra="forbid"):
         "intended_x_realism", description="How oversampling ranks candidates: intended-class probability weighted "
                                           "by realism (per-sample density among real images of the class), or alone.")
     realism_k: int = Field(3, ge=1, le=50, description="k of the real k-NN balls that realism counts.")
-    seed: int = Field(0, ge=0)
+    seed: int | None = Field(None, ge=0, description="Base of the per-image seeds; default: this job's id, so "
+                                                      "two generate jobs never make the same image.")
 
 
 def run(params: Params, ctx: JobContext) -> dict:
@@ -86,10 +87,15 @@ def run(params: Params, ctx: JobContext) -> dict:
     total = sum(quotas.values())
     ctx.log("quotas: " + ", ".join(f"{c} {q}" for c, q in quotas.items()) + f" (total {total})")
 
-    # Seeds are disjoint per class and job seed: class k, candidate j -> base + k * 10^7 + j.
-    base = params.seed * 100_000_000
+    # Seeds are disjoint per class and job seed: class k, candidate j -> base + k * 10^7 + j. With the same seeds a
+    # second job would remake the same images, which the content-addressed store keeps once: fewer than the quota.
+    base = (params.seed if params.seed is not None else ctx.job_id) * 100_000_000
+    fruitless = 0  # batches in a row that added nothing new
     for k, cls in enumerate(CLASSES):
         while done[cls] < quotas[cls]:
+            if fruitless >= 20:
+                raise RuntimeError(f"20 batches of {cls} added no new image: the generator keeps remaking images "
+                                   "already in the store (a collapsed model?)")
             keep = min(params.batch_size, quotas[cls] - done[cls])
             n = math.ceil(keep * params.oversample)
             first = base + k * 10_000_000 + state["candidates"][cls]
@@ -104,10 +110,11 @@ def run(params: Params, ctx: JobContext) -> dict:
                     realism = metrics.sample_density(real_features[k], features.numpy(), params.realism_k)
                     score = score * np.minimum(1.0, realism)
                 chosen = sorted(np.argsort(-score, kind="stable")[:keep].tolist())
-            ctx.api.add_synthetic(ctx.job_id, ctx.attempt, [
+            added = ctx.api.add_synthetic(ctx.job_id, ctx.attempt, [
                 {"png": to_png_bytes(images[i]), "label": cls, "seed": seeds[i], "guidance": params.guidance,
                  "steps": params.steps, "checkpoint": str(model_dir)} for i in chosen[:keep]])
-            done[cls] += keep
+            done[cls] += len(added)  # an image already in the store is not new: the loop makes another
+            fruitless = 0 if added else fruitless + 1
             state["candidates"][cls] += n
             ctx.save_checkpoint(sum(done.values()),
                                 lambda folder, s=json.dumps(state): (folder / "state.json").write_text(s))

@@ -50,6 +50,20 @@ def test_generate_fills_exactly_the_planners_quotas_with_provenance(chain):
     assert len(seeds) == page.total
 
 
+def test_a_second_job_remaking_the_same_images_still_fills_its_quota_with_new_ones(chain):
+    _, client, jobs = chain
+    first = jobs["generate"]
+    before = client.stats().synthetic["pending"]["df"]
+    # the first job's own seeds: its first candidates are already in the store, so they add nothing new
+    job = client.submit_job("generate", {"quotas": {"df": 3}, "seed": first.id, "steps": 4, "guidance": 3.0})
+    again = client.wait_for_job(job.id, timeout=300)
+    assert again.state == "succeeded", again.error
+    assert client.stats().synthetic["pending"]["df"] == before + 3 and again.result["generated"] == 3
+    assert again.result["candidates"] > 3  # it had to go past the duplicates
+    score = next(j for j in client.jobs(kind="score").items if j.after == [job.id])
+    assert client.wait_for_job(score.id, timeout=300).state == "succeeded"  # the next tests see every image scored
+
+
 def test_every_synthetic_image_is_scored(chain):
     server, client, jobs = chain
     ids = [i.id for i in client.images(source="synthetic", limit=1000).items]
