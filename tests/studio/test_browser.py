@@ -95,18 +95,22 @@ def test_sign_in_review_a_class_with_the_keyboard_reject_with_a_reason_and_undo(
     page.get_by_role("button", name="Reject").click()
     wait_for(lambda: len(ann_events()) == 3, what="the rejection")
     idle(page)
+    page.get_by_role("heading", name="Review").click()
+    page.keyboard.press("x")  # X rejects the next one with the reasons still chosen
+    wait_for(lambda: len(ann_events()) == 4, what="the second rejection")
+    idle(page)
     page.screenshot(path=SHOTS / "3-after-decisions.png", full_page=True)
     page.get_by_role("heading", name="Review").click()
-    page.keyboard.press("u")  # undo the last action: the rejection
-    wait_for(lambda: len(ann_events()) == 4, what="the undo")
+    page.keyboard.press("u")  # undo the last action: the second rejection
+    wait_for(lambda: len(ann_events()) == 5, what="the undo")
     idle(page)
     page.screenshot(path=SHOTS / "4-after-undo.png", full_page=True)
 
     events = list(reversed(ann_events()))
-    assert [e.decision for e in events] == ["accept", "accept", "reject", "undo"]
-    assert events[2].reasons == ["artifact"] and events[3].undoes == events[2].seq
+    assert [e.decision for e in events] == ["accept", "accept", "reject", "reject", "undo"]
+    assert events[2].reasons == events[3].reasons == ["artifact"] and events[4].undoes == events[3].seq
     assert {e.reviewer for e in events} == {"ann"}
     stats = api.stats()
-    assert stats.synthetic["accepted"]["df"] == 2 and stats.synthetic["rejected"]["df"] == 0
-    assert stats.synthetic["pending"]["df"] == 8
-    assert len({e.image_id for e in events[:3]}) == 3  # each decision went to the next image in the queue
+    assert stats.synthetic["accepted"]["df"] == 2 and stats.synthetic["rejected"]["df"] == 1
+    assert stats.synthetic["pending"]["df"] == 7
+    assert len({e.image_id for e in events[:4]}) == 4  # each decision went to the next image in the queue
