@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.data.labels import CLASSES, SPLITS
 from engine.files import sha256_file
-from engine.store.db import Database, utc_now
+from engine.store.db import Database, utc_now, where_given
 from engine.store.reviews import REVIEW_STATUS_SQL
 
 # Which synthetic images a version takes (parameters: accepts needed, selection, min intended prob, targets):
@@ -128,13 +128,8 @@ class DatasetQueries:
         path = self.datasets_dir.parent / version["manifest_path"]
         if sha256_file(path) != version["manifest_sha256"]:
             raise RuntimeError(f"the manifest of {version_id} does not match its recorded SHA-256: it was altered")
-        where, params = [], []
-        for column, value in (("split", split), ("source", source)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
-        cur = self.db.cursor().execute(f"SELECT * FROM read_parquet('{path}') {clause} ORDER BY source, split, id",
+        where, params = where_given(("split = $split", "split", split), ("source = $source", "source", source))
+        cur = self.db.cursor().execute(f"SELECT * FROM read_parquet('{path}') WHERE {where} ORDER BY source, split, id",
                                        params)
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -21,6 +22,18 @@ from engine.store.migrations import MIGRATIONS
 def utc_now() -> datetime:
     """Naive UTC, as DuckDB's TIMESTAMP columns store it."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def where_given(*conditions: tuple[str, str | None, Any]) -> tuple[str, dict[str, Any]]:
+    """A WHERE body and its named parameters from (condition, name, value): each triple whose value is not None
+    adds its condition, which refers to $name (name None: a condition without a parameter). "TRUE" if none does."""
+    where, params = [], {}
+    for sql, name, value in conditions:
+        if value is not None:
+            where.append(sql)
+            if name is not None:
+                params[name] = value
+    return " AND ".join(where) or "TRUE", params
 
 
 class StoreLocked(RuntimeError):

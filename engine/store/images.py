@@ -7,7 +7,7 @@ from typing import Any
 import pyarrow as pa
 
 from engine.data.labels import CLASSES, SPLITS
-from engine.store.db import Database, utc_now
+from engine.store.db import Database, utc_now, where_given
 from engine.store.reviews import REVIEW_STATUS_SQL
 
 REVIEW_STATUSES = ("pending", "accepted", "rejected")
@@ -56,21 +56,16 @@ class ImageQueries:
                  generation_job: int | None = None, accepts_needed: int = 1) -> list[dict[str, Any]]:
         """(id, label, split, path, lesion_id, source) of every matching image, in a stable order: what a job
         needs to build its training arrays. `status` (synthetic only): pending, accepted or rejected."""
-        where, params = ["i.source = $source"], {"source": source}
-        if split is not None:
-            where.append("i.split = $split")
-            params["split"] = split
-        if generation_job is not None:
-            where.append("i.generation_job = $job")
-            params["job"] = generation_job
+        where, params = where_given(("i.source = $source", "source", source), ("i.split = $split", "split", split),
+                                    ("i.generation_job = $job", "job", generation_job),
+                                    ("r.status = $status", "status", status))
         join = ""
         if status is not None:
             join = f"JOIN ({REVIEW_STATUS_SQL}) r ON r.id = i.id"
-            where.append("r.status = $status")
-            params |= {"accepts": accepts_needed, "status": status}
+            params["accepts"] = accepts_needed
         cur = self.db.cursor().execute(
             f"SELECT {', '.join('i.' + c for c in MANIFEST_COLUMNS)} FROM images i {join} "
-            f"WHERE {' AND '.join(where)} ORDER BY i.id", params)
+            f"WHERE {where} ORDER BY i.id", params)
         return [dict(zip(MANIFEST_COLUMNS, row, strict=True)) for row in cur.fetchall()]
 
     def set_scores(self, job_id: int, scores: list[dict[str, Any]]) -> None:
@@ -134,16 +129,13 @@ class ImageQueries:
     def list(self, *, source: str | None = None, split: str | None = None, label: str | None = None,
              batch: str | None = None, limit: int = 100, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
         """Filtered page of images, newest import first; returns (total matching, page)."""
-        where, params = [], []
-        for column, value in (("source", source), ("split", split), ("label", label), ("import_batch", batch)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        where, params = where_given(("source = $source", "source", source), ("split = $split", "split", split),
+                                    ("label = $label", "label", label), ("import_batch = $batch", "batch", batch))
         cur = self.db.cursor()
-        total = cur.execute(f"SELECT count(*) FROM images {clause}", params).fetchone()[0]
-        cur.execute(f"SELECT {', '.join(IMAGE_COLUMNS)} FROM images {clause} "
-                    "ORDER BY created_at DESC, id LIMIT ? OFFSET ?", [*params, limit, offset])
+        total = cur.execute(f"SELECT count(*) FROM images WHERE {where}", params).fetchone()[0]
+        cur.execute(f"SELECT {', '.join(IMAGE_COLUMNS)} FROM images WHERE {where} "
+                    "ORDER BY created_at DESC, id LIMIT $limit OFFSET $offset",
+                    params | {"limit": limit, "offset": offset})
         return total, [dict(zip(IMAGE_COLUMNS, row, strict=True)) for row in cur.fetchall()]
 
     def thumb_paths(self, image_ids: list[str]) -> dict[str, str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from engine.store.db import Database, utc_now
+from engine.store.db import Database, utc_now, where_given
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("running", "cancelling")
@@ -90,16 +90,12 @@ class JobQueries:
 
     def list(self, *, state: str | None = None, kind: str | None = None, pipeline_id: str | None = None,
              limit: int = 100, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
-        where, params = [], []
-        for column, value in (("state", state), ("kind", kind), ("pipeline_id", pipeline_id)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        where, params = where_given(("state = $state", "state", state), ("kind = $kind", "kind", kind),
+                                    ("pipeline_id = $pipeline", "pipeline", pipeline_id))
         cur = self.db.cursor()
-        total = cur.execute(f"SELECT count(*) FROM jobs {clause}", params).fetchone()[0]
-        rows = cur.execute(f"{_SELECT} {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
-                           [*params, limit, offset]).fetchall()
+        total = cur.execute(f"SELECT count(*) FROM jobs WHERE {where}", params).fetchone()[0]
+        rows = cur.execute(f"{_SELECT} WHERE {where} ORDER BY id DESC LIMIT $limit OFFSET $offset",
+                           params | {"limit": limit, "offset": offset}).fetchall()
         return total, [_job(r) for r in rows]
 
     def active(self) -> list[dict[str, Any]]:

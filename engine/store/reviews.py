@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from engine.store.db import Database, utc_now
+from engine.store.db import Database, utc_now, where_given
 
 DECISIONS = ("accept", "reject", "unsure")
 REASONS = ("unrealistic_texture", "wrong_class_features", "artifact", "duplicate", "near_copy", "other")
@@ -180,28 +180,21 @@ class ReviewQueries:
                 since: datetime | None = None, until: datetime | None = None, seqs: list[int] | None = None,
                 limit: int = 100, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
         """Decision events, newest first, each with the image's class and the undo that took it back (if any)."""
-        where, params = ["TRUE"], {"limit": limit, "offset": offset}
-        for column, value in (("r.reviewer", reviewer), ("i.label", label), ("r.image_id", image_id)):
-            if value is not None:
-                key = column.split(".")[1]
-                where.append(f"{column} = ${key}")
-                params[key] = value
-        if since is not None:
-            where.append("r.created_at >= $since")
-            params["since"] = since
-        if until is not None:
-            where.append("r.created_at < $until")
-            params["until"] = until
+        where, params = where_given(
+            ("r.reviewer = $reviewer", "reviewer", reviewer), ("i.label = $label", "label", label),
+            ("r.image_id = $image_id", "image_id", image_id), ("r.created_at >= $since", "since", since),
+            ("r.created_at < $until", "until", until),
+            ("r.seq IN (SELECT seq FROM wanted_seqs)", None, seqs))
+        params |= {"limit": limit, "offset": offset}
         cur = self.db.cursor()
         if seqs is not None:
             cur.register("wanted_seqs", pa.table({"seq": pa.array(seqs, pa.int64())}))
-            where.append("r.seq IN (SELECT seq FROM wanted_seqs)")
         rows = cur.execute(f"""
             SELECT r.seq, r.image_id, i.label, r.reviewer, r.decision, r.undoes, r.reasons, r.note, r.created_at,
                    u.seq AS undone_by, count(*) OVER () AS total
             FROM reviews r JOIN images i ON i.id = r.image_id
             LEFT JOIN reviews u ON u.undoes = r.seq
-            WHERE {' AND '.join(where)}
+            WHERE {where}
             ORDER BY r.seq DESC LIMIT $limit OFFSET $offset""", params).fetchall()
         total = rows[0][-1] if rows else 0
         return total, [dict(zip(EVENT_COLUMNS, r[:-1], strict=True)) for r in rows]
@@ -221,8 +214,7 @@ class ReviewQueries:
         if sort not in SORTS:
             raise ReviewProblem(f"sort {sort!r}: choose one of {', '.join(SORTS)}")
         accepts = self.accepts_needed()
-        where, params = [], {"accepts": accepts, "me": me or "", "limit": limit, "offset": offset}
-        conditions = [
+        where, params = where_given(
             ("i.label = $label", "label", label),
             (f"{STATUS_CASE} = $status", "status", status),
             ("i.generation_job = $job", "job", generation_job),
@@ -232,17 +224,11 @@ class ReviewQueries:
             ("sc.nearest_real_dist <= $max_nearest", "max_nearest", max_nearest),
             ("sc.dup_group = $dup_group", "dup_group", dup_group),
             ("list_contains(coalesce(p.reviewers, []), $reviewer)", "reviewer", reviewer),
-        ]
-        for sql, key, value in conditions:
-            if value is not None:
-                where.append(sql)
-                params[key] = value
-        if near_copy is not None:
-            where.append("coalesce(sc.near_copy, 0) = $near_copy")
-            params["near_copy"] = float(near_copy)
-        if undecided_by_me:
-            where.append("mine.decision IS NULL")
-        sql = QUEUE_SQL.format(where=" AND ".join(where) or "TRUE", order=SORTS[sort])
+            ("coalesce(sc.near_copy, 0) = $near_copy", "near_copy", None if near_copy is None else float(near_copy)),
+            ("mine.decision IS NULL", None, True if undecided_by_me else None),
+        )
+        params |= {"accepts": accepts, "me": me or "", "limit": limit, "offset": offset}
+        sql = QUEUE_SQL.format(where=where, order=SORTS[sort])
         cur = self.db.cursor()
         rows = cur.execute(sql, params).fetchall()
         if rows:
