@@ -40,6 +40,17 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
 
+def wait_until(predicate, timeout: float = 60, what: str = "condition", poll: float = 0.1):
+    """Poll `predicate` until it returns something truthy (returned), or raise TimeoutError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise TimeoutError(f"{what} not reached in {timeout}s")
+
+
 # Job processes report and notice a lost server quickly in tests.
 FAST_JOB_ENV = {"DERMAE_REPORT_INTERVAL": "0.2", "DERMAE_ORPHAN_TIMEOUT": "10"}
 
@@ -82,12 +93,13 @@ def seed_review_workspace(server: RunningServer, per_class: dict[str, int] | Non
     per_class = per_class or {"df": 12, "vasc": 6}
     client = server.client()
     client.import_data("phantom", phantom_size=70)
-    job = client.submit_job("selftest", {"steps": 100_000, "step_seconds": 0.05})
-    deadline = time.monotonic() + 60
-    while (job := client.job(job.id)).state != "running":
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"selftest job never started: {job}")
-        time.sleep(0.1)
+    queued = client.submit_job("selftest", {"steps": 100_000, "step_seconds": 0.05})
+
+    def running():
+        job = client.job(queued.id)
+        return job if job.state == "running" else None
+
+    job = wait_until(running, what="the selftest job running")
     real = client.images(source="real", split="train", limit=1).items[0].id
     ids: dict[str, list[str]] = {}
     for k, (label, n) in enumerate(per_class.items()):
@@ -102,3 +114,13 @@ def seed_review_workspace(server: RunningServer, per_class: dict[str, int] | Non
                 {"image_id": image_id, "name": "dup_group", "value": -1.0})])
     client.cancel_job(job.id)
     return ids
+
+
+def review_server(workspace: Path, users: dict[str, str], per_class: dict[str, int] | None = None) -> RunningServer:
+    """A started server with seed_review_workspace's images (ids on `.ids`) and accounts {name: role}, each with
+    the password "<name>-password"."""
+    server = start_server(workspace)
+    server.ids = seed_review_workspace(server, per_class)
+    for name, role in users.items():
+        server.client().add_user(name, f"{name}-password", role)
+    return server

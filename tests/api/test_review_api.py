@@ -4,18 +4,13 @@ import httpx
 import pytest
 
 from engine.client import ApiError
-from tests.processes import seed_review_workspace, start_server
+from tests.processes import review_server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("review") / "ws")
-    server.ids = seed_review_workspace(server)
-    admin = server.client()
-    admin.add_user("ann", "ann-password", "reviewer")
-    admin.add_user("bob", "bob-password", "reviewer")
-    admin.add_user("vic", "vic-password", "viewer")
-    admin.add_user("ada", "ada-password", "admin")
+    server = review_server(tmp_path_factory.mktemp("review") / "ws",
+                           {"ann": "reviewer", "bob": "reviewer", "vic": "viewer", "ada": "admin"})
     yield server
     server.stop()
 

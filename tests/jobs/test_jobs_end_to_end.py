@@ -3,14 +3,13 @@
 import json
 import os
 import signal
-import time
 
 import psutil
 import pytest
 
 from engine.client import ApiError
 from engine.schemas import PipelineStep, PipelineSubmit
-from tests.processes import start_server
+from tests.processes import start_server, wait_until
 
 
 @pytest.fixture
@@ -20,16 +19,6 @@ def jobs_server(tmp_path):
         yield running
     finally:
         running.stop()
-
-
-def wait_until(predicate, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} not reached in {timeout}s")
 
 
 def test_submit_run_succeed_with_metrics_progress_and_artifact(jobs_server):

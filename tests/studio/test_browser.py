@@ -2,13 +2,12 @@
 server: sign in, open a class, accept with the keyboard, reject with a reason, undo — then check the state through
 the API. Screenshots go to test-artifacts/screenshots/."""
 
-import time
 from pathlib import Path
 
 import pytest
 
 from engine.launcher import Launcher
-from tests.processes import seed_review_workspace, start_server
+from tests.processes import review_server, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
@@ -19,9 +18,7 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("browser") / "ws")
-    server.ids = seed_review_workspace(server, {"df": 10})
-    server.client().add_user("ann", "ann-password", "reviewer")
+    server = review_server(tmp_path_factory.mktemp("browser") / "ws", {"ann": "reviewer"}, {"df": 10})
     launcher = Launcher()
     try:
         url = launcher.start_studio(server.url, "127.0.0.1", 0)
@@ -43,16 +40,6 @@ def page(studio):
         page.set_default_timeout(30_000)
         yield page
         browser.close()
-
-
-def wait_for(condition, timeout: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def idle(page) -> None:
@@ -88,21 +75,21 @@ def test_sign_in_review_a_class_with_the_keyboard_reject_with_a_reason_and_undo(
     page.get_by_role("heading", name="Review").click()  # focus out of the class box: shortcuts skip inputs
     for n in (1, 2):  # A accepts the current image and moves on
         page.keyboard.press("a")
-        wait_for(lambda n=n: len(ann_events()) == n, what=f"{n} accept(s)")
+        wait_until(lambda n=n: len(ann_events()) == n, timeout=30, what=f"{n} accept(s)")
         idle(page)
     page.get_by_role("button", name="artifact", exact=True).click()
     idle(page)
     page.get_by_role("button", name="Reject").click()
-    wait_for(lambda: len(ann_events()) == 3, what="the rejection")
+    wait_until(lambda: len(ann_events()) == 3, timeout=30, what="the rejection")
     idle(page)
     page.get_by_role("heading", name="Review").click()
     page.keyboard.press("x")  # X rejects the next one with the reasons still chosen
-    wait_for(lambda: len(ann_events()) == 4, what="the second rejection")
+    wait_until(lambda: len(ann_events()) == 4, timeout=30, what="the second rejection")
     idle(page)
     page.screenshot(path=SHOTS / "3-after-decisions.png", full_page=True)
     page.get_by_role("heading", name="Review").click()
     page.keyboard.press("u")  # undo the last action: the second rejection
-    wait_for(lambda: len(ann_events()) == 5, what="the undo")
+    wait_until(lambda: len(ann_events()) == 5, timeout=30, what="the undo")
     idle(page)
     page.screenshot(path=SHOTS / "4-after-undo.png", full_page=True)
 

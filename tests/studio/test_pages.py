@@ -6,19 +6,15 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.processes import seed_review_workspace, start_server
+from tests.processes import review_server
 
 APP = str(Path(__file__).resolve().parents[2] / "studio" / "app.py")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("studio") / "ws")
-    server.ids = seed_review_workspace(server)
-    admin = server.client()
-    admin.add_user("ann", "ann-password", "reviewer")
-    admin.add_user("ada", "ada-password", "admin")
-    admin.add_user("vic", "vic-password", "viewer")
+    server = review_server(tmp_path_factory.mktemp("studio") / "ws",
+                           {"ann": "reviewer", "ada": "admin", "vic": "viewer"})
     yield server
     server.stop()
 
