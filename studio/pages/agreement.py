@@ -24,8 +24,8 @@ if me.role == "admin":
             st.rerun()
 
 st.subheader("Your queue")
-queue = {c: (api.call(client.review_queue, label=c, mine=True, status="pending", limit=1) or None) for c in CLASSES}
-st.dataframe([{"class": c, "pending images you have not decided": q.total if q else None} for c, q in queue.items()],
+queue = {c: (api.call(client.review_queue, label=c, mine=True, limit=1) or None) for c in CLASSES}
+st.dataframe([{"class": c, "images you have not decided": q.total if q else None} for c, q in queue.items()],
              hide_index=True)
 
 st.subheader("Agreement between reviewers")

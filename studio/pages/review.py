@@ -36,7 +36,9 @@ st.title("Review")
 # -- what to show ---------------------------------------------------------------------------------------------------
 top = st.columns([2, 2, 2, 3])
 label = top[0].selectbox("Class", CLASSES, format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="review_class")
-status = top[1].segmented_control("Status", ["pending", "accepted", "rejected", "all"], default="pending",
+# "all" by default: with my queue on, a second reader must see the images a first one already settled under k=1,
+# or readers never overlap and agreement has nothing to rest on
+status = top[1].segmented_control("Status", ["all", "pending", "accepted", "rejected"], default="all",
                                   key="review_status", required=True)
 sort = top[2].selectbox("Sort", list(SORTS), format_func=SORTS.get, key="review_sort")
 mine = top[3].toggle("Only images I have not decided (my queue)", value=True, key="review_mine")

@@ -93,6 +93,15 @@ def test_review_accept_reject_with_reasons_and_undo_are_the_signed_in_users(serv
     assert history[0].decision == "undo" and history[0].undoes == rejected.seq
 
 
+def test_a_second_reader_gets_the_images_the_first_already_settled(server, app):
+    first_by_ann = server.client().review_history(reviewer="ann", label="df").items[-1]  # oldest first
+    at = app("ada", "pages/review.py")
+    at.selectbox(key="review_class").select("df").run()
+    at.button(key="review_accept").click().run()
+    [event] = server.client().review_history(reviewer="ada", label="df").items
+    assert event.image_id == first_by_ann.image_id  # so the two readers overlap and agreement can be measured
+
+
 def test_review_bulk_selection_and_paging_keep_their_place(server, app):
     at = app("ann", "pages/review.py")
     at.selectbox(key="review_class").select("vasc").run()
