@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,9 @@ def _run_up(settings: Settings, host: str, port: int, studio_port: int | None, d
     from engine.launcher import Launcher
 
     launcher = Launcher()
+    # SIGTERM (a service manager, `kill`; and a background job, where SIGINT is ignored) stops everything like Ctrl-C:
+    # the server and studio run in their own sessions and would otherwise outlive us.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         url = launcher.start_server(settings, host, port)
         accounts: list[tuple[str, str, str]] = []
@@ -114,6 +118,10 @@ def _import_default(client, profile_name: str) -> None:
     if result.phantom:
         typer.secho("Note: this is PHANTOM data, not clinical data. For DermaMNIST, set "
                     "DERMAE_DATA=/path/to/dermamnist.npz.", fg=typer.colors.YELLOW)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 DEMO_ACCOUNTS = (("demo", "admin"), ("reader2", "reviewer"))  # two readers, so agreement has something to show

@@ -50,7 +50,9 @@ def test_without_a_server_the_cli_says_how_to_start_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_imports_data_makes_accounts_starts_generation_and_the_studio_and_ctrl_c_stops_everything(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_demo_imports_data_makes_accounts_starts_generation_and_the_studio_and_ctrl_c_stops_everything(tmp_path,
+                                                                                                     stop):
     workspace = tmp_path / "ws"
     env = {**os.environ, "DERMAE_WORKSPACE": str(workspace), "HOME": str(tmp_path)}  # no medmnist cache
     env.pop("DERMAE_DATA", None)
@@ -77,7 +79,7 @@ def test_demo_imports_data_makes_accounts_starts_generation_and_the_studio_and_c
         assert "generator chain" in output and client.jobs(kind="train_vae").total == 1
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         proc.wait(timeout=30)
         _, alive = psutil.wait_procs(children, timeout=15)
         assert not alive
