@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+from diffusers.training_utils import compute_snr
 
 
 @dataclass(frozen=True)
@@ -109,16 +110,25 @@ class LatentDiffusion(torch.nn.Module):
         return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
     def training_loss(self, latents: torch.Tensor, labels: torch.Tensor, cond_dropout: float = 0.1,
-                      generator: torch.Generator | None = None, unet: torch.nn.Module | None = None) -> torch.Tensor:
+                      generator: torch.Generator | None = None, unet: torch.nn.Module | None = None,
+                      min_snr_gamma: float | None = None) -> torch.Tensor:
         """Epsilon-prediction MSE on scaled latents; labels (B,) dropped to the null class w.p. cond_dropout.
-        `unet`: the module to train through, e.g. this model's UNet as wrapped by accelerate (DDP)."""
+        `unet`: the module to train through, e.g. this model's UNet as wrapped by accelerate (DDP).
+        `min_snr_gamma`: weight each sample's loss by min(SNR, γ) / SNR (Hang et al. 2023, "Min-SNR"): the
+        near-clean timesteps, whose noise is hard to predict but matters little, stop dominating the gradient."""
         b, device = latents.shape[0], latents.device
         noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(device)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
         drop = (torch.rand(b, generator=generator) < cond_dropout).to(device)
         labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        return F.mse_loss((unet or self.unet)(noisy, t, class_labels=labels).sample, noise)
+        prediction = (unet or self.unet)(noisy, t, class_labels=labels).sample
+        if min_snr_gamma is None:
+            return F.mse_loss(prediction, noise)
+        snr = compute_snr(self.noise_scheduler, t).float()
+        weight = snr.clamp(max=min_snr_gamma) / snr
+        per_sample = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+        return (per_sample * weight).mean()
 
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, guidance_scale: float = 3.0, num_inference_steps: int = 25,

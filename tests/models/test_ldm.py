@@ -37,6 +37,19 @@ def test_losses_are_finite_and_train_the_unet(model):
     model.unet.zero_grad()
 
 
+def test_min_snr_weighting_only_lowers_the_weight_of_easy_timesteps(model):
+    latents = torch.randn(8, 4, 16, 16)
+    labels = torch.arange(8) % 7
+
+    def loss(gamma):
+        with torch.no_grad():
+            return model.training_loss(latents, labels, 0.0, torch.Generator().manual_seed(1), min_snr_gamma=gamma)
+
+    plain, weighted = loss(None), loss(5.0)
+    assert weighted < plain  # weights min(SNR, 5) / SNR are ≤ 1, < 1 wherever SNR > 5
+    assert torch.isclose(loss(1e9), plain, rtol=1e-4)  # a γ above every SNR is the plain loss
+
+
 def test_guidance_runs_one_batched_forward_per_step(model):
     calls = []
     hook = model.unet.register_forward_hook(lambda m, args, kwargs_out: calls.append(args[0].shape[0]))
