@@ -146,15 +146,17 @@ def _demo_accounts(client, settings: Settings) -> list[tuple[str, str, str]]:
 
 
 def _start_generator_once(client, profile_name: str) -> None:
-    """A fresh workspace gets the generator chain at once, so synthetic lesions arrive for review."""
+    """A fresh workspace gets the generator chain at once, with a preview, so synthetic lesions arrive for review
+    early in diffusion training."""
     from engine.pipelines import generator_chain
     from engine.profiles import load_profile
 
     if client.jobs(kind="train_ldm", limit=1).total or client.jobs(kind="generate", limit=1).total:
         return
-    run = _call(client.submit_pipeline, generator_chain(load_profile(profile_name)))
-    typer.echo(f"Started the {profile_name} generator chain ({len(run.jobs)} jobs): synthetic lesions appear in "
-               "the studio's Review page as they are made.")
+    run = _call(client.submit_pipeline, generator_chain(load_profile(profile_name), preview=True))
+    typer.echo(f"Started the {profile_name} generator chain ({len(run.jobs)} jobs): a first few synthetic "
+               "lesions appear in the studio's Review page a fifth of the way through diffusion training, the rest "
+               "as they are made.")
 
 
 def _print_next_steps(url: str, studio: str | None, settings: Settings, accounts: list) -> None:
@@ -361,16 +363,23 @@ def train(
 
 
 def _print_comparison(client, pipeline_id: str) -> None:
-    rows = [j for j in _call(client.pipeline, pipeline_id).jobs if j.kind == "evaluate" and j.result]
+    from engine.pipelines import arm_comparison
+
+    rows = arm_comparison(_call(client.pipeline, pipeline_id).jobs)
     if not rows:
         return
+
+    def cell(value: float | None, spec: str, width: int) -> str:
+        return format("–" if value is None else format(value, spec), f">{width}")
+
     typer.secho("\nreal test split", bold=True)
-    typer.echo(f"{'arm':<52}{'macro-F1':>9}{'bal.acc':>9}{'acc':>7}{'AUC':>7}{'params':>9}{'GFLOPs':>8}{'ms':>7}")
-    for job in rows:
-        r = job.result
-        typer.echo(f"{(r.get('arm') or r['arch'])[:51]:<52}{r['macro_f1']:>9.3f}{r['balanced_accuracy']:>9.3f}"
-                   f"{r['accuracy']:>7.3f}{r['auc_ovr']:>7.3f}{r['params'] / 1e6:>8.2f}M{r['gflops']:>8.3f}"
-                   f"{r['latency_ms']:>7.1f}")
+    typer.echo(f"{'arm':<52}{'macro-F1':>9}{'bal.acc':>9}{'acc':>7}{'AUC':>7}{'ECE':>7}{'params':>9}{'GFLOPs':>8}"
+               f"{'ms':>7}")
+    for r in rows:
+        params = "–" if r["params"] is None else f"{r['params'] / 1e6:.2f}M"
+        typer.echo(f"{r['arm'][:51]:<52}{cell(r['macro_f1'], '.3f', 9)}{cell(r['balanced_accuracy'], '.3f', 9)}"
+                   f"{cell(r['accuracy'], '.3f', 7)}{cell(r['auc_ovr'], '.3f', 7)}{cell(r['ece'], '.3f', 7)}"
+                   f"{params:>9}{cell(r['gflops'], '.3f', 8)}{cell(r['latency_ms'], '.1f', 7)}")
 
 
 def _job_row(job) -> str:
@@ -524,6 +533,22 @@ def datasets_ls(as_json: Annotated[bool, typer.Option("--json")] = False, worksp
         return
     for version in versions:
         typer.echo(_version_row(version))
+
+
+@datasets_app.command("export")
+def datasets_export(
+    version: Annotated[str, typer.Argument(help="Version id (see `dermae datasets ls`).")],
+    dest: Annotated[Path, typer.Argument(help="A new or empty folder.")],
+    workspace: Workspace = None,
+) -> None:
+    """Export a version: manifest.csv + manifest.parquet + `<split>/<class>/<id>.<ext>` (torchvision ImageFolder)."""
+    try:
+        root = _call(_client(workspace).export_dataset, version, dest)
+    except FileExistsError as e:
+        _fail(str(e))
+    typer.echo(root)
+    typer.echo(f"torchvision.datasets.ImageFolder('{root / 'train'}') reads it; manifest.csv says where each image "
+               "came from", err=True)
 
 
 users_app = typer.Typer(help="Reviewer accounts for the studio.", no_args_is_help=True)

@@ -7,7 +7,12 @@
 from __future__ import annotations
 
 import base64
+import io
+import shutil
+import tempfile
 import time
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -49,6 +54,12 @@ from engine.schemas import (
     Session,
     Stats,
     SyntheticBatchIn,
+    TuringAnswer,
+    TuringAnswerIn,
+    TuringNext,
+    TuringResults,
+    TuringSessionIn,
+    TuringSessionInfo,
     UserIn,
     UserInfo,
 )
@@ -276,6 +287,26 @@ class Client:
         response = self._request("GET", f"/datasets/{version_id}/manifest", params=params)
         return [DatasetItem.model_validate(r) for r in response.json()]
 
+    def dataset_zip(self, version_id: str) -> bytes:
+        """The version as a zip: manifests + `<split>/<class>/<id>.<ext>` images (torchvision ImageFolder)."""
+        return self._request("GET", f"/datasets/{version_id}/export.zip", timeout=600).content
+
+    def export_dataset(self, version_id: str, dest: Path) -> Path:
+        """Unpack the version's zip into `dest` (which must not exist or be empty); returns dest/<version>.
+        Unpacked next to dest first and renamed when complete, so a failure leaves nothing half-written."""
+        dest = Path(dest)
+        if dest.exists() and any(dest.iterdir()):
+            raise FileExistsError(f"{dest} is not empty: export into a new or empty folder")
+        dest.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=".export-", dir=dest))
+        try:
+            with zipfile.ZipFile(io.BytesIO(self.dataset_zip(version_id))) as archive:
+                archive.extractall(partial)  # member names are ours: version/split/class/file, no '..'
+            (partial / version_id).rename(dest / version_id)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return dest / version_id
+
     # models -----------------------------------------------------------------------------------------------
     def models(self) -> list[ModelInfo]:
         return [ModelInfo.model_validate(m) for m in self._request("GET", "/models").json()]
@@ -344,3 +375,39 @@ class Client:
     def set_review_policy(self, accepts_needed: int) -> ReviewPolicy:
         body = ReviewPolicy(accepts_needed=accepts_needed).model_dump()
         return ReviewPolicy.model_validate(self._request("PUT", "/review-policy", json=body).json())
+
+    # artifact files ---------------------------------------------------------------------------------------
+    def artifact_bytes(self, job_id: int, artifact_id: int) -> bytes:
+        """One artifact file of a job (a grid PNG, an evaluation report), over HTTP so it works from other hosts."""
+        return self._request("GET", f"/jobs/{job_id}/artifacts/{artifact_id}/file", timeout=300).content
+
+    # the blinded Turing test -----------------------------------------------------------------------------
+    def create_turing_session(self, name: str, classes: list[str], n_images: int, real_fraction: float = 0.5, *,
+                              ask_class: bool = False, ask_realism: bool = False,
+                              seed: int | None = None) -> TuringSessionInfo:
+        """Sample a new session (admins)."""
+        body = TuringSessionIn(name=name, classes=classes, n_images=n_images, real_fraction=real_fraction,
+                               ask_class=ask_class, ask_realism=ask_realism, seed=seed)
+        return TuringSessionInfo.model_validate(
+            self._request("POST", "/turing/sessions", json=body.model_dump(mode="json")).json())
+
+    def turing_sessions(self) -> list[TuringSessionInfo]:
+        return [TuringSessionInfo.model_validate(s) for s in self._request("GET", "/turing/sessions").json()]
+
+    def turing_next(self, session_id: int) -> TuringNext:
+        """The signed-in reader's next item, blinded; `.item.png` holds the PNG bytes."""
+        return TuringNext.model_validate(self._request("GET", f"/turing/sessions/{session_id}/next").json())
+
+    def turing_answer(self, session_id: int, key: str, says: str, *, class_guess: str | None = None,
+                      realism: int | None = None) -> TuringAnswer:
+        """The signed-in reader's final answer on one item."""
+        body = TuringAnswerIn(key=key, says=says, class_guess=class_guess, realism=realism)
+        response = self._request("POST", f"/turing/sessions/{session_id}/answers",
+                                 json=body.model_dump(mode="json", exclude_none=True))
+        return TuringAnswer.model_validate(response.json())
+
+    def turing_results(self, session_id: int) -> TuringResults:
+        return TuringResults.model_validate(self._request("GET", f"/turing/sessions/{session_id}/results").json())
+
+    def close_turing_session(self, session_id: int) -> TuringSessionInfo:
+        return TuringSessionInfo.model_validate(self._request("POST", f"/turing/sessions/{session_id}/close").json())

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from engine.profiles import Profile
-from engine.schemas import PipelineStep, PipelineSubmit
+from engine.schemas import JobInfo, PipelineStep, PipelineSubmit
+
+# What an evaluate job's result holds for comparing arms, with the name a table heads it with.
+ARM_FIGURES = {"macro_f1": "macro-F1", "balanced_accuracy": "balanced accuracy", "accuracy": "accuracy",
+               "auc_ovr": "AUC", "ece": "ECE", "params": "params", "gflops": "GFLOPs", "latency_ms": "latency (ms)"}
 
 
-def generator_chain(profile: Profile) -> PipelineSubmit:
-    """Reference classifier and VAE, then the latent diffusion model, then generation (a score job follows)."""
-    return PipelineSubmit(name=f"generator-{profile.name}", steps=[
-        PipelineStep(key="reference", kind="train_reference", params=profile.params("train_reference")),
+def generator_chain(profile: Profile, preview: bool = False) -> PipelineSubmit:
+    """VAE, then the latent diffusion model, then the reference classifier, then generation (a score job follows).
+    The reference comes after the diffusion model (one job runs at a time on a CPU) so that, with `preview`, the
+    first images for review — made a fifth of the way through diffusion training — arrive as early as they can;
+    they are scored once the reference exists. A first run (`dermae demo`) previews."""
+    ldm = profile.params("train_ldm")
+    steps = [
         PipelineStep(key="vae", kind="train_vae", params=profile.params("train_vae")),
-        PipelineStep(key="ldm", kind="train_ldm", params=profile.params("train_ldm"), after_keys=["vae"]),
-        PipelineStep(key="generate", kind="generate", params=profile.params("generate"),
-                     after_keys=["ldm", "reference"]),
-    ])
+        PipelineStep(key="ldm", kind="train_ldm", after_keys=["vae"],
+                     params=ldm | ({"preview_at": max(1, ldm.get("steps", 1) // 5)} if preview else {})),
+        PipelineStep(key="reference", kind="train_reference", params=profile.params("train_reference")),
+    ]
+    if preview:
+        steps.append(PipelineStep(key="preview.score", kind="score", after_keys=["ldm", "reference"]))
+    steps.append(PipelineStep(key="generate", kind="generate", params=profile.params("generate"),
+                              after_keys=["ldm", "reference"]))
+    return PipelineSubmit(name=f"generator-{profile.name}", steps=steps)
 
 
 def train_chain(profile: Profile, dataset: str) -> PipelineSubmit:
@@ -47,6 +60,20 @@ def train_chain(profile: Profile, dataset: str) -> PipelineSubmit:
                                       after_keys=[f"curated.{name}", f"curated.{name}.eval"],
                                       params={"model": None, "name": f"{name}-{profile.name}"}))
     return PipelineSubmit(name=f"train-{profile.name}", steps=steps)
+
+
+def arm_comparison(jobs: Iterable[JobInfo]) -> list[dict[str, Any]]:
+    """The arms of a train run side by side: one row per evaluate job that has a result, in the order the chain
+    submitted them (teacher, then per student the real-only baseline before the curated arm). `dermae train`
+    prints these rows and the studio shows them, so the two never disagree."""
+    rows = []
+    for job in sorted(jobs, key=lambda j: j.id):
+        if job.kind != "evaluate" or not isinstance(job.result, dict):
+            continue
+        result = job.result
+        rows.append({"arm": result.get("arm") or result.get("arch") or f"job {job.id}", "job_id": job.id,
+                     "arch": result.get("arch"), **{name: result.get(name) for name in ARM_FIGURES}})
+    return rows
 
 
 PIPELINES: dict[str, Callable[[Profile], PipelineSubmit]] = {"generator": generator_chain}

@@ -443,3 +443,112 @@ class Agreement(BaseModel):
     images: int = Field(description="Images decided by two or more reviewers: what kappa rests on.")
     kappa: float | None
     method: Literal["cohen", "fleiss"] | None
+
+
+# the blinded visual Turing test -------------------------------------------------------------------------------
+TuringClass = Literal["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+TuringSays = Literal["real", "synthetic"]
+
+
+class TuringSessionIn(BaseModel, extra="forbid"):
+    name: str = Field(min_length=1, max_length=100)
+    classes: list[TuringClass] = Field(min_length=1, max_length=7)
+    n_images: int = Field(ge=1, le=2000, description="Items in the session, real and synthetic together.")
+    real_fraction: float = Field(0.5, ge=0, le=1, description="Share of real images (0.5: as many real as "
+                                                              "synthetic).")
+    ask_class: bool = Field(False, description="Readers also name the class of each image.")
+    ask_realism: bool = Field(False, description="Readers also rate realism, 1 (clearly artificial) to 5.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Of the sampling; default: a random one.")
+
+
+class TuringSessionInfo(BaseModel):
+    id: int
+    name: str
+    created_by: str
+    created_at: datetime
+    classes: list[str]
+    n_images: int
+    real_fraction: float | None = Field(description="Admins only: readers who knew it could balance their "
+                                                    "guesses.")
+    ask_class: bool
+    ask_realism: bool
+    image_side: int = Field(description="Every item is served square at this side, real and synthetic alike.")
+    closed: bool
+    closed_by: str | None
+    closed_at: datetime | None
+    n_items: int
+    n_answers: int
+    n_readers: int
+    my_answered: int = Field(description="Items the caller has answered.")
+
+
+class TuringItem(BaseModel):
+    """One image as a reader sees it: a random key and re-encoded pixels, nothing that tells where it came from."""
+    key: str
+    position: int = Field(description="Its place in the caller's own order, from 1.")
+    png: Base64Bytes = Field(description="The image re-encoded as PNG without metadata, base64.")
+
+
+class TuringNext(BaseModel):
+    session_id: int
+    total: int
+    answered: int
+    done: bool = Field(description="The caller has answered every item.")
+    classes: list[str]
+    ask_class: bool
+    ask_realism: bool
+    item: TuringItem | None
+
+
+class TuringAnswerIn(BaseModel, extra="forbid"):
+    key: str = Field(min_length=1, max_length=64, description="The item key GET …/next gave.")
+    says: TuringSays
+    class_guess: TuringClass | None = None
+    realism: int | None = Field(None, ge=1, le=5)
+
+
+class TuringAnswer(BaseModel):
+    session_id: int
+    key: str
+    reviewer: str
+    says: TuringSays
+    class_guess: str | None
+    realism: int | None
+    created_at: datetime
+    answered: int = Field(description="Items the reader has answered now.")
+    total: int
+
+
+class TuringStats(BaseModel):
+    n: int = Field(description="Answers.")
+    correct: int
+    accuracy: float | None
+    p_value: float | None = Field(description="Exact two-sided binomial test of the accuracy against 50% chance.")
+    n_synthetic: int
+    n_real: int
+    sensitivity: float | None = Field(description="Synthetic images called synthetic.")
+    specificity: float | None = Field(description="Real images called real.")
+    class_guesses: int
+    class_accuracy: float | None
+    realism_real: float | None = Field(description="Mean realism rating of the real images.")
+    realism_synthetic: float | None
+
+
+class TuringFooled(BaseModel):
+    image_id: str
+    label: str
+    key: str
+    answers: int
+    said_real: int
+    share_real: float
+
+
+class TuringResults(BaseModel):
+    session: TuringSessionInfo
+    readers: list[str]
+    overall: TuringStats
+    per_class: dict[str, TuringStats]
+    per_reviewer: dict[str, TuringStats]
+    agreement: dict[str, Agreement] = Field(description="On real/synthetic: 'overall', then per class.")
+    fooled: list[TuringFooled] = Field(description="Synthetic images most of their readers called real.")
+    fooled_rule: str

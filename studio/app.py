@@ -1,4 +1,5 @@
-"""DerMAE Studio: `streamlit run studio/app.py` (or `dermae up`). Sign in, then review synthetic lesions per class.
+"""DerMAE Studio: `streamlit run studio/app.py` (or `dermae up`). Sign in, then review synthetic lesions per class,
+freeze curated dataset versions, run jobs and compare training runs.
 
 Each page is one file under pages/; this script only signs people in and picks the page.
 """
@@ -25,5 +26,9 @@ else:
         st.Page("pages/review.py", title="Review", icon=":material/grid_view:"),
         st.Page("pages/agreement.py", title="Readers & agreement", icon=":material/groups:"),
         st.Page("pages/history.py", title="History", icon=":material/history:"),
+        st.Page("pages/turing.py", title="Turing test", icon=":material/visibility:"),
+        st.Page("pages/runs.py", title="Runs & models", icon=":material/insights:"),
+        st.Page("pages/datasets.py", title="Datasets", icon=":material/dataset:"),
+        st.Page("pages/jobs.py", title="Jobs", icon=":material/play_circle:"),
     ])
 page.run()

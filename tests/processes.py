@@ -26,6 +26,12 @@ class RunningServer:
     def client(self, token: str | None = "default") -> Client:
         return Client(self.url, self.token if token == "default" else token)
 
+    def signed_in(self, name: str) -> Client:
+        """A client signed in as `name` (review_server's accounts have the password "<name>-password")."""
+        client = Client(self.url, None)
+        client.login(name, f"{name}-password")
+        return client
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         if self.process.poll() is None:
             os.kill(self.process.pid, sig)

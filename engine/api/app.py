@@ -9,7 +9,7 @@ from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from engine import __version__
-from engine.api import datasets, health, images, imports, jobs, models, reviews, users
+from engine.api import datasets, health, images, imports, jobs, models, reviews, turing, users
 from engine.api.auth import require_admin, require_token
 from engine.data.images import ImageProblem
 from engine.data.sources import SourceError
@@ -20,9 +20,12 @@ from engine.store import (
     ReviewConflict,
     ReviewProblem,
     Store,
+    TuringConflict,
+    TuringProblem,
     UnknownDataset,
     UnknownJob,
     UnknownModel,
+    UnknownTuringSession,
     UserExists,
     UserProblem,
 )
@@ -66,10 +69,12 @@ def create_app(settings: Settings, store: Store, scheduler: Scheduler | None = N
     app.include_router(jobs.router, dependencies=protected)
     app.include_router(datasets.router, dependencies=protected)
     app.include_router(models.router, dependencies=protected)
+    app.include_router(turing.router, dependencies=protected)
 
     # Errors the store raises map to HTTP statuses here, once, instead of a try/except in every endpoint.
     for error, code in ((UnknownJob, 404), (UnknownDataset, 404), (UnknownModel, 404), (JobConflict, 409),
-                        (ReviewConflict, 409), (ReviewProblem, 422), (UserExists, 409), (UserProblem, 422)):
+                        (ReviewConflict, 409), (ReviewProblem, 422), (UserExists, 409), (UserProblem, 422),
+                        (UnknownTuringSession, 404), (TuringConflict, 409), (TuringProblem, 422)):
         app.add_exception_handler(error, _status_handler(code))
 
     @app.exception_handler(SourceError)

@@ -3,7 +3,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import FileResponse
 
+from engine.data.export import export_zip
+from engine.data.images import ImageStore
 from engine.data.labels import CLASSES
 from engine.schemas import DatasetFreeze, DatasetItem, DatasetVersion, Problem
 
@@ -43,3 +46,15 @@ def manifest(
     source: Annotated[str | None, Query(pattern=r"^(real|synthetic)$")] = None,
 ) -> list[DatasetItem]:
     return [DatasetItem(**r) for r in request.app.state.store.datasets.manifest(version_id, split, source)]
+
+
+@router.get("/{version_id}/export.zip", response_class=FileResponse, responses=_ERRORS)
+def export(version_id: str, request: Request) -> FileResponse:
+    """The version as a zip: manifest.csv, manifest.parquet and `<split>/<class>/<id>.<ext>` images, the layout
+    torchvision's ImageFolder reads. Built on first request, then kept (versions never change)."""
+    store, settings = request.app.state.store, request.app.state.settings
+    version = store.datasets.get(version_id)  # an unknown id stops here: no path is built from it
+    folder = (settings.workspace / version["manifest_path"]).parent
+    archive = export_zip(version_id, store.datasets.manifest(version_id), ImageStore(settings.images_dir),
+                         folder / "manifest.parquet", folder / f"{version_id}.zip")
+    return FileResponse(archive, media_type="application/zip", filename=f"{version_id}.zip")

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import mimetypes
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
 from engine.data.images import ImageStore
@@ -206,6 +208,28 @@ def job_metrics(job_id: int, request: Request,
 def job_artifacts(job_id: int, request: Request) -> list[Artifact]:
     _job(request, job_id)
     return [Artifact(**a) for a in request.app.state.store.jobs.artifacts(job_id)]
+
+
+@router.get("/jobs/{job_id}/artifacts/{artifact_id}/file", response_class=FileResponse, responses=_ERRORS)
+def artifact_file(job_id: int, artifact_id: int, request: Request) -> FileResponse:
+    """The bytes of one file the job registered (a sample grid, an evaluation report), so that clients on other
+    hosts can show it. Only that job's own artifacts, only inside the workspace: anything else is a 404. Folders
+    (saved models) are not served: 409."""
+    _job(request, job_id)
+    artifact = next((a for a in request.app.state.store.jobs.artifacts(job_id) if a["id"] == artifact_id), None)
+    if artifact is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no artifact {artifact_id}")
+    workspace = request.app.state.settings.workspace.resolve()
+    path = (workspace / artifact["path"]).resolve()  # follows links: one leading out of the workspace is refused
+    if not path.is_relative_to(workspace) or not path.exists():
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            f"artifact {artifact_id} of job {job_id} ({artifact['path']}) is not in the workspace")
+    if path.is_dir():
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"artifact {artifact_id} of job {job_id} ({artifact['kind']}) is a folder: only files "
+                            "are served; read a saved model from the workspace on the engine's host")
+    return FileResponse(path, media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream",
+                        filename=path.name, headers={"X-Content-Type-Options": "nosniff"})
 
 
 # the job process's side ---------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
 
+from engine.api.auth import require_admin
 from engine.schemas import ModelIn, ModelInfo, Problem
 
 router = APIRouter(tags=["models"])
@@ -23,9 +24,10 @@ def served_model(request: Request) -> ModelInfo:
     return ModelInfo(**model)
 
 
-@router.post("/models/{model_id}/serve", response_model=ModelInfo, responses=_ERRORS)
+@router.post("/models/{model_id}/serve", response_model=ModelInfo, responses=_ERRORS,
+             dependencies=[Depends(require_admin)])
 def serve_model(model_id: int, request: Request) -> ModelInfo:
-    """Make this model the one the demo serves."""
+    """Make this model the one the demo serves (admins only: it changes what every demo user gets)."""
     return ModelInfo(**request.app.state.store.models.serve(model_id))
 
 

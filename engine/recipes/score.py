@@ -29,7 +29,8 @@ FEATURE_SPACE_NOTE = ("Fréchet distance and precision/recall are measured in th
 
 
 class Params(BaseModel, extra="forbid"):
-    generation_job: int | None = Field(None, description="Default: the generate job this one waited on.")
+    generation_job: int | None = Field(None, description="Default: the generate job this one waited on (or the "
+                                                         "train_ldm job, for its preview images).")
     reference: str | None = Field(None, description="Reference classifier folder; default: the newest.")
     near_copy_quantile: float = Field(0.01, gt=0, lt=0.5)
     k: int = Field(3, ge=1, le=20, description="Neighbours for precision/recall.")
@@ -45,7 +46,7 @@ def run(params: Params, ctx: JobContext) -> dict:
     from engine.recipes.common import artifact_path, real_split
 
     generation_job = params.generation_job or next(
-        (j for j in ctx.after if ctx.api.job(j).kind == "generate"), None)
+        (j for j in ctx.after if ctx.api.job(j).kind in ("generate", "train_ldm")), None)
     if generation_job is None:
         raise ValueError("no generation job to score: pass generation_job or run after a generate job")
     reference, meta = load_reference(artifact_path(ctx, "reference_classifier", params.reference,

@@ -4,6 +4,10 @@ The train split is encoded once; each step draws a class-balanced batch (rare cl
 they must be learned as well as nv), flips/rotates the latents, drops ~10% of labels to the null class for
 classifier-free guidance, and takes an epsilon-prediction step on the cosine DDPM schedule. EMA weights are what
 gets saved and sampled. A per-class sample grid (a row per class) is logged as training goes.
+
+With `preview_at`, the job also stores a first few synthetic images per class at that step (EMA weights, pending
+review, provenance pointing at the preview model saved beside them): on a first run, reviewers have lesions to look
+at long before training ends. They are scored by a score job that names this job.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ class Params(BaseModel, extra="forbid"):
     grid_every: int = Field(2000, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
     grid_guidance: float = 3.0
+    preview_at: int | None = Field(None, ge=1, description="At this step, store preview_per_class images of each "
+                                                           "class short of the largest one, pending review.")
+    preview_per_class: int = Field(8, ge=1, le=256)
     seed: int = 0
 
 
@@ -90,6 +97,28 @@ def run(params: Params, ctx: JobContext) -> dict:
         path = grid_png(grid.cpu(), len(CLASSES), ctx.artifact_dir / f"samples-step{step:07d}.png")
         ctx.save_artifact(path, "sample_grid")
 
+    def preview(step: int) -> None:
+        """Images for review from the weights of this step, saved with the model that made them (provenance)."""
+        from engine.data.planner import TargetRule, plan_quotas
+        from engine.data.tensors import to_png_bytes
+
+        stats = ctx.api.stats()
+        short = [k for k, c in enumerate(CLASSES) if plan_quotas(stats.real["train"], stats.synthetic["accepted"],
+                                                                 TargetRule.majority)[c] > 0]
+        folder = ctx.artifact_dir / f"ldm-preview-step{step:07d}"
+        ema.store(unet.parameters())
+        ema.copy_to(unet.parameters())
+        model.save_pretrained(folder)
+        seeds = [ctx.job_id * 100_000_000 + k * 10_000_000 + i for k in short for i in range(params.preview_per_class)]
+        labels = torch.tensor(short).repeat_interleave(params.preview_per_class)
+        images = model.sample(labels.to(dev), params.grid_guidance, 20, seeds=seeds)
+        ema.restore(unet.parameters())
+        ctx.save_artifact(folder, "ldm_preview")
+        added = ctx.api.add_synthetic(ctx.job_id, ctx.attempt, [
+            {"png": to_png_bytes(image), "label": CLASSES[int(label)], "seed": seed, "guidance": params.grid_guidance,
+             "steps": 20, "checkpoint": str(folder)} for image, label, seed in zip(images, labels, seeds, strict=True)])
+        ctx.log(f"preview at step {step}: {len(added)} images for review ({', '.join(CLASSES[k] for k in short)})")
+
     unet.train()
     for step in range(start + 1, params.steps + 1):
         idx = torch.multinomial(weights, params.batch_size, replacement=True, generator=generator)
@@ -108,6 +137,10 @@ def run(params: Params, ctx: JobContext) -> dict:
         if step % params.grid_every == 0 and ctx.is_main:
             unet.eval()
             sample_grid(step)
+            unet.train()
+        if step == params.preview_at and ctx.is_main:
+            unet.eval()
+            preview(step)
             unet.train()
         stop = ctx.should_stop()  # cancel or SIGTERM: checkpoint now, within the grace period
         if step % params.checkpoint_every == 0 or step == params.steps or stop:

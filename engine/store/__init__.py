@@ -11,10 +11,12 @@ from engine.store.jobs import JobConflict, JobQueries, UnknownJob
 from engine.store.migrations import LATEST_VERSION
 from engine.store.models import ModelQueries, UnknownModel
 from engine.store.reviews import ReviewConflict, ReviewProblem, ReviewQueries
+from engine.store.turing import TuringConflict, TuringProblem, TuringQueries, UnknownTuringSession
 from engine.store.users import User, UserExists, UserProblem, UserQueries
 
 __all__ = ["LATEST_VERSION", "JobConflict", "ReviewConflict", "ReviewProblem", "Store", "StoreLocked",
-           "UnknownDataset", "UnknownJob", "UnknownModel", "User", "UserExists", "UserProblem"]
+           "TuringConflict", "TuringProblem", "UnknownDataset", "UnknownJob", "UnknownModel", "UnknownTuringSession",
+           "User", "UserExists", "UserProblem"]
 
 
 class Store:
@@ -26,6 +28,7 @@ class Store:
         self.models = ModelQueries(self.db)
         self.users = UserQueries(self.db)
         self.reviews = ReviewQueries(self.db)
+        self.turing = TuringQueries(self.db)
 
     @property
     def schema_version(self) -> int:

@@ -174,6 +174,46 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             created_at TIMESTAMP NOT NULL
         );
     """),
+    (7, "the blinded visual Turing test: sessions, their items and the readers' answers", """
+        CREATE SEQUENCE turing_session_seq START 1;
+        CREATE TABLE turing_sessions (
+            id BIGINT PRIMARY KEY DEFAULT nextval('turing_session_seq'),
+            name VARCHAR NOT NULL,
+            created_by VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            classes JSON NOT NULL,
+            n_images INTEGER NOT NULL CHECK (n_images >= 1),
+            real_fraction DOUBLE NOT NULL CHECK (real_fraction BETWEEN 0 AND 1),
+            ask_class BOOLEAN NOT NULL,
+            ask_realism BOOLEAN NOT NULL,
+            seed BIGINT NOT NULL,  -- of the sampling, so a session can be drawn again from the same images
+            image_side INTEGER NOT NULL,  -- every item is served square at this side, real and synthetic alike
+            closed BOOLEAN NOT NULL DEFAULT FALSE,
+            closed_by VARCHAR,
+            closed_at TIMESTAMP
+        );
+        CREATE TABLE turing_items (
+            session_id BIGINT NOT NULL,
+            position INTEGER NOT NULL,  -- a shuffled order: sources are never grouped
+            item_key VARCHAR NOT NULL,  -- a random token, what readers see instead of the image id
+            image_id VARCHAR NOT NULL,
+            source VARCHAR NOT NULL CHECK (source IN ('real','synthetic')),
+            label VARCHAR NOT NULL CHECK (label IN ('akiec','bcc','bkl','df','mel','nv','vasc')),
+            PRIMARY KEY (session_id, item_key),
+            UNIQUE (session_id, position)
+        );
+        -- append-only: an answer is final, and one reader answers an item once
+        CREATE TABLE turing_answers (
+            session_id BIGINT NOT NULL,
+            item_key VARCHAR NOT NULL,
+            reviewer VARCHAR NOT NULL,
+            says VARCHAR NOT NULL CHECK (says IN ('real','synthetic')),
+            class_guess VARCHAR CHECK (class_guess IN ('akiec','bcc','bkl','df','mel','nv','vasc')),
+            realism INTEGER CHECK (realism BETWEEN 1 AND 5),
+            created_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (session_id, item_key, reviewer)
+        );
+    """),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

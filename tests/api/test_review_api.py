@@ -15,14 +15,8 @@ def server(tmp_path_factory):
     server.stop()
 
 
-def signed_in(server, name: str):
-    client = server.client(token=None)
-    client.login(name, f"{name}-password")
-    return client
-
-
 def test_sign_in_gives_a_session_that_sign_out_ends(server):
-    client = signed_in(server, "ann")
+    client = server.signed_in("ann")
     assert client.me().name == "ann" and client.me().role == "reviewer"
     client.logout()
     with pytest.raises(ApiError) as e:
@@ -48,22 +42,22 @@ def test_a_decision_is_attributed_to_the_signed_in_user_not_to_a_name_sent(serve
 
 def test_the_api_token_and_viewers_cannot_decide_and_only_admins_manage(server):
     image = server.ids["df"][1]
-    for client, code in ((server.client(), 403), (signed_in(server, "vic"), 403)):
+    for client, code in ((server.client(), 403), (server.signed_in("vic"), 403)):
         with pytest.raises(ApiError) as e:
             client.decide([image], "accept")
         assert e.value.status_code == code
-    ann = signed_in(server, "ann")
+    ann = server.signed_in("ann")
     with pytest.raises(ApiError) as e:
         ann.add_user("eve", "eve-password", "admin")
     assert e.value.status_code == 403
     with pytest.raises(ApiError) as e:
         ann.set_review_policy(3)
     assert e.value.status_code == 403
-    assert signed_in(server, "vic").review_queue(label="df").total == 12  # viewers can look
+    assert server.signed_in("vic").review_queue(label="df").total == 12  # viewers can look
 
 
 def test_bulk_reject_with_reasons_undo_and_the_queue(server):
-    bob = signed_in(server, "bob")
+    bob = server.signed_in("bob")
     page = bob.review_queue(label="vasc", mine=True, sort="-intended_prob", limit=4)
     assert page.total == 6 and [i.intended_prob for i in page.items] == sorted(
         [i.intended_prob for i in page.items], reverse=True)
@@ -85,7 +79,7 @@ def test_bulk_reject_with_reasons_undo_and_the_queue(server):
 
 
 def test_agreement_and_the_policy(server):
-    ann, bob, ada = signed_in(server, "ann"), signed_in(server, "bob"), signed_in(server, "ada")
+    ann, bob, ada = server.signed_in("ann"), server.signed_in("bob"), server.signed_in("ada")
     images = server.ids["df"][4:10]
     decisions = ["accept", "accept", "reject", "accept", "reject", "accept"]
     for image, decision in zip(images, decisions, strict=True):

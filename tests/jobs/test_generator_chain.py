@@ -20,7 +20,7 @@ def chain(tmp_path_factory):
     server = start_server(tmp_path_factory.mktemp("chain") / "ws")
     client = server.client()
     client.import_data("phantom", phantom_size=140)
-    run = client.submit_pipeline(generator_chain(load_profile("smoke")))
+    run = client.submit_pipeline(generator_chain(load_profile("smoke"), preview=True))  # as `dermae demo` does
     jobs = {j.pipeline_key: client.wait_for_job(j.id, timeout=600) for j in run.jobs}
     yield server, client, jobs
     server.stop()
@@ -28,26 +28,41 @@ def chain(tmp_path_factory):
 
 def test_every_stage_succeeds_and_a_score_job_follows_generate(chain):
     _, _, jobs = chain
-    assert list(jobs) == ["reference", "vae", "ldm", "generate", "generate.score"]
+    assert list(jobs) == ["vae", "ldm", "reference", "preview.score", "generate", "generate.score"]
     assert {k: j.state.value for k, j in jobs.items()} == dict.fromkeys(jobs, "succeeded"), \
         {k: j.error for k, j in jobs.items()}
     assert jobs["generate.score"].after == [jobs["generate"].id]
 
 
+def test_the_diffusion_job_previews_images_for_review_a_fifth_of_the_way(chain):
+    server, client, jobs = chain
+    ldm = jobs["ldm"]
+    assert ldm.params["preview_at"] == ldm.params["steps"] // 5
+    preview = [i for i in client.images(source="synthetic", limit=1000).items if i.generation_job == ldm.id]
+    short = [c for c in CLASSES if c != "nv"]  # phantom classes short of the largest (nv)
+    assert sorted({i.label for i in preview}) == sorted(short) and len(preview) == 8 * len(short)
+    checkpoint = {i.checkpoint for i in preview}
+    assert len(checkpoint) == 1 and checkpoint.pop().endswith(f"ldm-preview-step{ldm.params['preview_at']:07d}")
+    assert load_generator(server.settings.workspace / next(
+        a.path for a in client.job_artifacts(ldm.id) if a.kind == "ldm_preview")).num_classes == len(CLASSES)
+    assert jobs["preview.score"].result["generation_job"] == ldm.id
+    assert jobs["preview.score"].result["scored"] == len(preview)
+
+
 def test_generate_fills_exactly_the_planners_quotas_with_provenance(chain):
     _, client, jobs = chain
     quotas = jobs["generate"].result["quotas"]
-    stats = client.stats()
-    assert stats.synthetic["pending"] == quotas  # every new image is pending review, per class exactly
     assert sum(quotas.values()) > 0
-    page = client.images(source="synthetic", limit=1000)
-    assert page.total == sum(quotas.values())
+    made = [i for i in client.images(source="synthetic", limit=1000).items if i.generation_job == jobs["generate"].id]
+    assert {c: sum(i.label == c for i in made) for c in CLASSES} == quotas  # per class exactly, all pending review
+    everything = client.images(source="synthetic", limit=1000).items
+    preview = {c: sum(i.label == c and i.generation_job == jobs["ldm"].id for i in everything) for c in CLASSES}
+    assert client.stats().synthetic["pending"] == {c: quotas[c] + preview[c] for c in CLASSES}  # all pending
     seeds = set()
-    for image in page.items:
-        assert image.generation_job == jobs["generate"].id
+    for image in made:
         assert image.guidance == 3.0 and image.steps == 4 and image.checkpoint.endswith("/ldm")
         seeds.add(image.seed)
-    assert len(seeds) == page.total
+    assert len(seeds) == len(made)
 
 
 def test_a_second_job_remaking_the_same_images_still_fills_its_quota_with_new_ones(chain):

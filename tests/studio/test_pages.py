@@ -1,14 +1,12 @@
 """Each studio page's logic through Streamlit's AppTest, against a real engine server (the studio is an API
 client, so its state is checked through the API)."""
 
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.processes import review_server
-
-APP = str(Path(__file__).resolve().parents[2] / "studio" / "app.py")
+from tests.studio.apptest import APP
 
 
 @pytest.fixture(scope="module")
@@ -17,24 +15,6 @@ def server(tmp_path_factory):
                            {"ann": "reviewer", "ada": "admin", "vic": "viewer"})
     yield server
     server.stop()
-
-
-@pytest.fixture
-def app(server, monkeypatch):
-    monkeypatch.setenv("DERMAE_API_URL", server.url)
-
-    def signed_in(name: str, page: str = "pages/overview.py") -> AppTest:
-        at = AppTest.from_file(APP, default_timeout=60).run()
-        at.text_input(key="sign_in_name").input(name)
-        at.text_input(key="sign_in_password").input(f"{name}-password")
-        at.button[0].click().run()
-        assert not at.exception, at.exception
-        # AppTest stays on the script it ran (a browser lands on the default page): go where the test wants
-        at.switch_page(page).run()
-        assert not at.exception, at.exception
-        return at
-
-    return signed_in
 
 
 def test_sign_in_refuses_a_wrong_password_and_accepts_the_right_one(server, monkeypatch):

@@ -1,0 +1,174 @@
+"""Jobs: start the generator chain, a generate job or a train chain from a form filled with the profile's
+defaults; follow every job live (a pipeline's chain shown as one); read logs; cancel and retry."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+
+import streamlit as st
+
+from engine.pipelines import generator_chain, train_chain
+from engine.profiles import PROFILES, load_profile
+from engine.schemas import TERMINAL_STATES, JobInfo, PipelineStep, PipelineSubmit
+from studio import api
+
+STATE_ICONS = {"queued": "⏳", "running": "▶️", "cancelling": "⏹️", "succeeded": "✅", "failed": "❌",
+               "cancelled": "⛔"}
+REFRESH_SECONDS = 2
+
+st.title("Jobs")
+client = api.client()
+may_start = api.can_decide()
+
+
+def step_editor(pipeline: PipelineSubmit, key: str) -> PipelineSubmit | None:
+    """Each step's parameters as JSON, pre-filled with the profile's values; None while one does not parse."""
+    steps = []
+    for step in pipeline.steps:
+        waits = f" (after {', '.join(step.after_keys)})" if step.after_keys else ""
+        text = st.text_area(f"{step.key} · {step.kind}{waits}", json.dumps(step.params, indent=1),
+                            height=110, key=f"{key}_{pipeline.name}_{step.key}")
+        try:
+            params = json.loads(text)
+        except json.JSONDecodeError as e:
+            st.error(f"{step.key}: not valid JSON ({e})")
+            return None
+        steps.append(PipelineStep(key=step.key, kind=step.kind, params=params, after_keys=step.after_keys))
+    return PipelineSubmit(name=pipeline.name, steps=steps)
+
+
+def submit(pipeline: PipelineSubmit | None) -> None:
+    if pipeline is None:
+        return
+    run = api.call(client.submit_pipeline, pipeline)
+    if run is not None:
+        st.session_state["jobs_started"] = run.id
+        st.success(f"Started **{run.id}**: jobs {', '.join(str(j.id) for j in run.jobs)}.")
+
+
+if may_start:
+    with st.expander("Start", expanded=not (api.call(client.jobs, limit=1) or api.EMPTY_JOBS).total):
+        default_profile = os.environ.get("DERMAE_PROFILE", "tiny")
+        profile_name = st.selectbox("Profile", PROFILES, PROFILES.index(default_profile)
+                                    if default_profile in PROFILES else 1, key="jobs_profile",
+                                    help="smoke: seconds, for tests · tiny: 28-32 px on a CPU · paper: 256 px, GPU")
+        profile = load_profile(profile_name)
+        generator_tab, generate_tab, train_tab = st.tabs(["Generator chain", "Generate images", "Train chain"])
+        with generator_tab:
+            st.caption("Reference classifier and VAE, then the latent diffusion model, then generation for the "
+                       "planner's quotas (a score job follows).")
+            chain = step_editor(generator_chain(profile), "jobs_gen")
+            if st.button("Start the generator chain", type="primary", key="jobs_start_generator"):
+                submit(chain)
+        with generate_tab:
+            st.caption("More synthetic images from the newest trained generator, for the planner's quotas.")
+            params = profile.params("generate")
+            cols = st.columns(4)
+            target = cols[0].number_input("Images per class (fixed rule)", 0, 100_000, int(params.get("target", 600)),
+                                          50, key="jobs_generate_target")
+            guidance = cols[1].number_input("Guidance", 0.0, 20.0, float(params.get("guidance", 3.0)), 0.5,
+                                            key="jobs_generate_guidance")
+            steps = cols[2].number_input("Sampling steps", 1, 1000, int(params.get("steps", 25)),
+                                         key="jobs_generate_steps")
+            oversample = cols[3].number_input("Candidates per kept image", 1.0, 10.0,
+                                              float(params.get("oversample", 1.0)), 0.5, key="jobs_generate_over")
+            if st.button("Queue generation", type="primary", key="jobs_start_generate"):
+                job = api.call(client.submit_job, "generate", params | {
+                    "rule": "fixed", "target": int(target), "guidance": float(guidance), "steps": int(steps),
+                    "oversample": float(oversample)})
+                if job is not None:
+                    st.success(f"Queued generate job {job.id}; a score job follows it.")
+        with train_tab:
+            versions = api.call(client.datasets) or []
+            if not versions:
+                st.info("No dataset version yet: freeze one on the Datasets page first.")
+            else:
+                st.caption("MAE pre-training → teacher fine-tune → students distilled on the version, each with its "
+                           "real-only baseline, evaluated on the real test split; the first student is exported.")
+                dataset = st.selectbox("Dataset version", [v.id for v in versions], key="jobs_train_dataset")
+                chain = step_editor(train_chain(profile, dataset), "jobs_train")
+                if st.button("Start the train chain", type="primary", key="jobs_start_train"):
+                    submit(chain)
+
+
+def job_line(job: JobInfo) -> str:
+    message = f" · {job.progress.message}" if job.progress.message else ""
+    label = job.pipeline_key or job.kind
+    return f"{STATE_ICONS.get(job.state.value, '')} job {job.id} · {label} ({job.kind}) · {job.state.value}{message}"
+
+
+def show_job(job: JobInfo) -> None:
+    if job.state in TERMINAL_STATES:
+        st.caption(job_line(job) + (f" — {job.error}" if job.error else ""))
+    else:
+        st.progress(min(1.0, job.progress.fraction or 0.0), text=job_line(job))
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def live_jobs() -> None:
+    page = api.call(client.jobs, limit=200)
+    if page is None:
+        return
+    if not page.items:
+        st.caption("No job yet.")
+        return
+    pipelines: dict[str, list[JobInfo]] = defaultdict(list)
+    single = []
+    for job in page.items:
+        (pipelines[job.pipeline_id].append(job) if job.pipeline_id else single.append(job))
+    for pipeline_id, jobs in sorted(pipelines.items(), key=lambda item: -max(j.id for j in item[1])):
+        jobs.sort(key=lambda j: j.id)
+        done = sum(j.state == "succeeded" for j in jobs)
+        broken = [j for j in jobs if j.state in ("failed", "cancelled")]
+        active = any(j.state not in TERMINAL_STATES for j in jobs)
+        state = "running" if active else ("failed" if broken else "succeeded")
+        with st.expander(f"{STATE_ICONS[state]} **{pipeline_id}** · {done}/{len(jobs)} jobs done",
+                         expanded=active or pipeline_id == st.session_state.get("jobs_started")):
+            st.progress(done / len(jobs), text=f"pipeline {pipeline_id}: {done} of {len(jobs)} jobs succeeded"
+                        + (f", {len(broken)} failed or cancelled" if broken else ""))
+            for job in jobs:
+                show_job(job)
+    if single:
+        st.markdown("**Single jobs**")
+        for job in single:
+            show_job(job)
+
+
+st.subheader("Live")
+live_jobs()
+
+st.subheader("One job")
+recent = api.call(client.jobs, limit=200)
+if recent is None or not recent.items:
+    st.stop()
+job_id = st.selectbox("Job", [j.id for j in recent.items], key="jobs_selected",
+                      format_func=lambda i: job_line(next(j for j in recent.items if j.id == i)))
+job = api.call(client.job, job_id)
+if job is None:
+    st.stop()
+cols = st.columns(4)
+cols[0].metric("State", job.state.value)
+cols[1].metric("Attempt", f"{job.attempt} of {job.max_attempts}")
+cols[2].metric("Progress", f"{job.progress.fraction:.0%}" if job.progress.fraction is not None else "–")
+cols[3].metric("Pipeline", job.pipeline_id or "–")
+if job.error:
+    st.error(job.error)
+buttons = st.columns(6)
+cancel = buttons[0].button("Cancel", key="jobs_cancel", disabled=not may_start or job.state in TERMINAL_STATES)
+if cancel and api.call(client.cancel_job, job.id) is not None:
+    st.success(f"Cancelling job {job.id}: it checkpoints, then stops; retry resumes it.")
+retry = buttons[1].button("Retry", key="jobs_retry",
+                          disabled=not may_start or job.state not in ("failed", "cancelled"))
+if retry and api.call(client.retry_job, job.id) is not None:
+    st.success(f"Job {job.id} is queued again (with the jobs downstream that failed because of it); it resumes "
+               "from its last checkpoint.")
+with st.expander("Parameters and result"):
+    st.json({"params": job.params, "result": job.result, "after": job.after})
+log = api.call(client.job_logs, job.id, tail=200)
+st.markdown("**Log** (last 200 lines)")
+st.code(log.text if log and log.text else "(empty)", language=None)
+events = api.call(client.job_events, job.id) or []
+st.dataframe([{"when (UTC)": e.created_at.strftime("%H:%M:%S"), "attempt": e.attempt, "event": e.event,
+               "message": e.message or ""} for e in events], hide_index=True, width="stretch")
