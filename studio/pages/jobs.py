@@ -117,7 +117,10 @@ def live_jobs() -> None:
     pipelines: dict[str, list[JobInfo]] = defaultdict(list)
     single = []
     for job in page.items:
-        (pipelines[job.pipeline_id].append(job) if job.pipeline_id else single.append(job))
+        if job.pipeline_id:
+            pipelines[job.pipeline_id].append(job)
+        else:
+            single.append(job)
     for pipeline_id, jobs in sorted(pipelines.items(), key=lambda item: -max(j.id for j in item[1])):
         jobs.sort(key=lambda j: j.id)
         done = sum(j.state == "succeeded" for j in jobs)

@@ -1,6 +1,7 @@
 """The studio in a real browser (Debian's chromium through Playwright) against a real engine and a real Streamlit
-server: sign in, open a class, accept with the keyboard, reject with a reason, undo — then check the state through
-the API. Screenshots go to test-artifacts/screenshots/."""
+server: a reviewer signs in, opens a class, accepts with the keyboard, rejects with a reason, undoes; an admin runs a
+small blinded Turing session, freezes a dataset version and runs a smoke train chain from the Jobs page to the end —
+each checked through the API. Screenshots go to test-artifacts/screenshots/."""
 
 from pathlib import Path
 
@@ -18,7 +19,8 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    server = review_server(tmp_path_factory.mktemp("browser") / "ws", {"ann": "reviewer"}, {"df": 10})
+    server = review_server(tmp_path_factory.mktemp("browser") / "ws", {"ann": "reviewer", "ada": "admin"},
+                           {"df": 10, "vasc": 4})
     launcher = Launcher()
     try:
         url = launcher.start_studio(server.url, "127.0.0.1", 0)
@@ -48,20 +50,28 @@ def idle(page) -> None:
     page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=30_000)
 
 
-def test_sign_in_review_a_class_with_the_keyboard_reject_with_a_reason_and_undo(studio, page):
-    server, url = studio
-    api = server.client()
+def sign_in(page, url: str, name: str) -> None:
     page.goto(url)
-    page.get_by_role("textbox", name="Name").fill("ann")
-    page.get_by_role("textbox", name="Password").fill("ann-password")
+    page.get_by_role("textbox", name="Name").fill(name)
+    page.get_by_role("textbox", name="Password").fill(f"{name}-password")
     page.get_by_role("button", name="Sign in").click()
     page.get_by_role("heading", name="Overview").wait_for()
     idle(page)
+
+
+def go_to(page, link: str, heading: str) -> None:
+    page.get_by_role("link", name=link).click()
+    page.get_by_role("heading", name=heading).wait_for()
+    idle(page)
+
+
+def test_sign_in_review_a_class_with_the_keyboard_reject_with_a_reason_and_undo(studio, page):
+    server, url = studio
+    api = server.client()
+    sign_in(page, url, "ann")
     page.screenshot(path=SHOTS / "1-overview.png", full_page=True)
 
-    page.get_by_role("link", name="Review").click()
-    page.get_by_role("heading", name="Review").wait_for()
-    idle(page)
+    go_to(page, "Review", "Review")
     page.get_by_test_id("stSelectbox").first.click()
     page.get_by_role("option", name="df · dermatofibroma").click()
     idle(page)
@@ -101,3 +111,57 @@ def test_sign_in_review_a_class_with_the_keyboard_reject_with_a_reason_and_undo(
     assert stats.synthetic["accepted"]["df"] == 2 and stats.synthetic["rejected"]["df"] == 1
     assert stats.synthetic["pending"]["df"] == 7
     assert len({e.image_id for e in events[:4]}) == 4  # each decision went to the next image in the queue
+
+
+def test_an_admin_runs_a_turing_session_freezes_a_version_and_trains_from_the_jobs_page(studio, page):
+    server, url = studio
+    api = server.client()
+    sign_in(page, url, "ada")
+
+    go_to(page, "Turing test", "Turing test")
+    page.get_by_role("tab", name="Sessions & results").click()
+    page.get_by_role("textbox", name="Name").fill("browser pilot")
+    page.get_by_label("Number of images").fill("4")
+    page.get_by_role("button", name="Create session").click()
+    page.get_by_text("Created session").wait_for()
+    idle(page)
+    [session] = [s for s in api.turing_sessions() if s.name == "browser pilot"]
+    page.get_by_role("tab", name="Take the test").click()
+    for answered, says in enumerate(("Real", "Synthetic", "Real", "Synthetic"), start=1):
+        page.get_by_text(f"{answered} of 4", exact=True).wait_for()  # the image to answer is on screen
+        page.get_by_role("button", name=says, exact=True).last.click()  # .last: a rerun's outgoing copy may linger
+        wait_until(lambda n=answered: api.turing_results(session.id).overall.n == n, timeout=30,
+                   what=f"{answered} answer(s)")
+        idle(page)
+    page.get_by_text("You have answered all 4 images").wait_for()
+    page.get_by_role("tab", name="Sessions & results").click()
+    idle(page)
+    page.screenshot(path=SHOTS / "5-turing-results.png", full_page=True)
+    results = api.turing_results(session.id)
+    assert results.overall.n == 4 and set(results.per_reviewer) == {"ada"}
+
+    go_to(page, "Datasets", "Datasets")
+    page.get_by_text("Freeze the curated set as a new version").click()
+    page.get_by_role("textbox", name="Name").fill("browser")
+    page.get_by_role("button", name="Freeze", exact=True).click()
+    page.get_by_text("Froze").wait_for()
+    idle(page)
+    [version] = [v for v in api.datasets() if v.name == "browser"]
+    assert version.counts["synthetic"]["train"]["df"] == 2  # ann's two accepts, under the 1-accept policy
+
+    go_to(page, "Jobs", "Jobs")
+    page.get_by_text("Start", exact=True).click()
+    page.get_by_test_id("stSelectbox").first.click()
+    page.get_by_role("option", name="smoke").click()
+    idle(page)
+    page.get_by_role("tab", name="Train chain").click()
+    page.get_by_role("button", name="Start the train chain").click()
+    page.get_by_text("Started train-smoke-").wait_for()
+    [run_id] = {j.pipeline_id for j in api.jobs(limit=200).items if j.pipeline_id}
+    jobs = api.pipeline(run_id).jobs
+    assert all(j.params.get("dataset") in (None, version.id) for j in jobs)
+    finished = [api.wait_for_job(j.id, timeout=900) for j in jobs]
+    assert [j.state for j in finished] == ["succeeded"] * len(jobs), {j.pipeline_key: j.error for j in finished}
+    page.get_by_text(f"{len(jobs)}/{len(jobs)} jobs done").first.wait_for(timeout=30_000)  # the live list caught up
+    assert page.get_by_text("None", exact=True).count() == 0  # no stray value written by Streamlit's "magic"
+    page.screenshot(path=SHOTS / "6-jobs-train-chain-done.png", full_page=True)
