@@ -155,7 +155,7 @@ def _start_generator_once(client, profile_name: str) -> None:
         return
     run = _call(client.submit_pipeline, generator_chain(load_profile(profile_name), preview=True))
     typer.echo(f"Started the {profile_name} generator chain ({len(run.jobs)} jobs): a first few synthetic "
-               "lesions appear in the studio's Review page a fifth of the way through diffusion training, the rest "
+               "lesions appear in the studio's Review page a tenth of the way through diffusion training, the rest "
                "as they are made.")
 
 

@@ -34,10 +34,10 @@ def test_every_stage_succeeds_and_a_score_job_follows_generate(chain):
     assert jobs["generate.score"].after == [jobs["generate"].id]
 
 
-def test_the_diffusion_job_previews_images_for_review_a_fifth_of_the_way(chain):
+def test_the_diffusion_job_previews_images_for_review_a_tenth_of_the_way(chain):
     server, client, jobs = chain
     ldm = jobs["ldm"]
-    assert ldm.params["preview_at"] == ldm.params["steps"] // 5
+    assert ldm.params["preview_at"] == ldm.params["steps"] // 10
     preview = [i for i in client.images(source="synthetic", limit=1000).items if i.generation_job == ldm.id]
     short = [c for c in CLASSES if c != "nv"]  # phantom classes short of the largest (nv)
     assert sorted({i.label for i in preview}) == sorted(short) and len(preview) == 8 * len(short)
