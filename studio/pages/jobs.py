@@ -14,8 +14,9 @@ from engine.profiles import PROFILES, load_profile
 from engine.schemas import TERMINAL_STATES, JobInfo, PipelineStep, PipelineSubmit
 from studio import api
 
-STATE_ICONS = {"queued": "⏳", "running": "▶️", "cancelling": "⏹️", "succeeded": "✅", "failed": "❌",
-               "cancelled": "⛔"}
+STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/play_circle:",
+               "cancelling": ":material/stop_circle:", "succeeded": ":material/check_circle:",
+               "failed": ":material/error:", "cancelled": ":material/block:"}
 REFRESH_SECONDS = 2
 
 st.title("Jobs")
@@ -93,10 +94,12 @@ if may_start:
                     submit(chain)
 
 
-def job_line(job: JobInfo) -> str:
+def job_line(job: JobInfo, icon: bool = True) -> str:
+    """One line per job; the icon only where markdown is rendered (not in a selectbox)."""
     message = f" · {job.progress.message}" if job.progress.message else ""
     label = job.pipeline_key or job.kind
-    return f"{STATE_ICONS.get(job.state.value, '')} job {job.id} · {label} ({job.kind}) · {job.state.value}{message}"
+    prefix = f"{STATE_ICONS.get(job.state.value, '')} " if icon else ""
+    return f"{prefix}job {job.id} · {label} ({job.kind}) · {job.state.value}{message}"
 
 
 def show_job(job: JobInfo) -> None:
@@ -127,7 +130,7 @@ def live_jobs() -> None:
         broken = [j for j in jobs if j.state in ("failed", "cancelled")]
         active = any(j.state not in TERMINAL_STATES for j in jobs)
         state = "running" if active else ("failed" if broken else "succeeded")
-        with st.expander(f"{STATE_ICONS[state]} **{pipeline_id}** · {done}/{len(jobs)} jobs done",
+        with st.expander(f"**{pipeline_id}** · {done}/{len(jobs)} jobs done", icon=STATE_ICONS[state],
                          expanded=active or pipeline_id == st.session_state.get("jobs_started")):
             st.progress(done / len(jobs), text=f"pipeline {pipeline_id}: {done} of {len(jobs)} jobs succeeded"
                         + (f", {len(broken)} failed or cancelled" if broken else ""))
@@ -147,7 +150,7 @@ recent = api.call(client.jobs, limit=200)
 if recent is None or not recent.items:
     st.stop()
 job_id = st.selectbox("Job", [j.id for j in recent.items], key="jobs_selected",
-                      format_func=lambda i: job_line(next(j for j in recent.items if j.id == i)))
+                      format_func=lambda i: job_line(next(j for j in recent.items if j.id == i), icon=False))
 job = api.call(client.job, job_id)
 if job is None:
     st.stop()

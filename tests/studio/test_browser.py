@@ -165,3 +165,9 @@ def test_an_admin_runs_a_turing_session_freezes_a_version_and_trains_from_the_jo
     page.get_by_text(f"{len(jobs)}/{len(jobs)} jobs done").first.wait_for(timeout=30_000)  # the live list caught up
     assert page.get_by_text("None", exact=True).count() == 0  # no stray value written by Streamlit's "magic"
     page.screenshot(path=SHOTS / "6-jobs-train-chain-done.png", full_page=True)
+
+    go_to(page, "Runs & models", "Runs & models")  # the newest run is the one just trained
+    idle(page)
+    page.screenshot(path=SHOTS / "7-runs-and-models.png", full_page=True)
+    page.get_by_role("heading", name="Arms on the real test split").wait_for()
+    assert run_id in page.content()  # the run picker shows the newest run: the one just trained
