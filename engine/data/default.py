@@ -24,6 +24,8 @@ def default_source(shared: Path = SHARED_DATA) -> DefaultSource:
     """DermaMNIST from DERMAE_DATA, the shared data folder beside the checkout, or medmnist's cache; else the
     offline phantom set."""
     configured = os.environ.get("DERMAE_DATA")
+    if configured == "phantom":  # asked for: the offline set even where DermaMNIST is at hand
+        return _phantom("DERMAE_DATA=phantom")
     if configured:
         path = Path(configured).expanduser()
         if not path.exists():
@@ -34,6 +36,8 @@ def default_source(shared: Path = SHARED_DATA) -> DefaultSource:
     cache = MEDMNIST_CACHE.expanduser()
     if cache.exists():
         return DefaultSource(ImportFormat.medmnist, str(cache), f"DermaMNIST from medmnist's cache ({cache})")
-    return DefaultSource(ImportFormat.phantom, None,
-                         "phantom lesions (PHANTOM, NOT CLINICAL DATA): no DermaMNIST found in DERMAE_DATA, "
-                         f"{shared} or {MEDMNIST_CACHE}")
+    return _phantom(f"no DermaMNIST found in DERMAE_DATA, {shared} or {MEDMNIST_CACHE}")
+
+
+def _phantom(why: str) -> DefaultSource:
+    return DefaultSource(ImportFormat.phantom, None, f"phantom lesions (PHANTOM, NOT CLINICAL DATA): {why}")

@@ -35,3 +35,10 @@ def test_without_dermamnist_the_phantom_set_says_it_is_not_clinical(tmp_path):
     source = default.default_source(shared=tmp_path / "absent.npz")
     assert source.format == ImportFormat.phantom and source.path is None
     assert "NOT CLINICAL" in source.description
+
+
+def test_dermae_data_phantom_asks_for_the_offline_set_even_with_dermamnist_at_hand(monkeypatch, tmp_path):
+    shared = tmp_path / "dermamnist.npz"
+    shared.write_bytes(b"npz")
+    monkeypatch.setenv("DERMAE_DATA", "phantom")
+    assert default.default_source(shared=shared).format == ImportFormat.phantom
