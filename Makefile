@@ -12,7 +12,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROFILE ?= tiny
 DATASET ?=
 
-.PHONY: install demo train test test-fast lint bench clean
+.PHONY: install demo serve train test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ $(CHROMIUM):
 
 demo: install  ## engine + studio on the default data (DermaMNIST via DERMAE_DATA, else phantom lesions)
 	$(BIN)/dermae demo --profile $(PROFILE)
+
+serve: install  ## the Gradio demo of the student the studio serves (MODEL=export folder: serve that one, no engine)
+	$(BIN)/python -m studio.demo $(if $(MODEL),--model $(MODEL))
 
 train: install  ## MAE + teacher + distilled students (and real-only baselines) on the newest dataset version
 	$(BIN)/dermae train --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET))
@@ -50,6 +53,7 @@ bench: install  ## benchmarks: print figures and ratios, assert nothing about ti
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/mae_speed.py
 	$(BIN)/python bench/review_speed.py
+	$(BIN)/python bench/serve_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

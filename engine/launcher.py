@@ -1,7 +1,7 @@
 """Start the product's processes, wait for them to be ready, and stop every one of them on exit.
 
-Used by `dermae up` and `dermae demo` (engine server, then the studio): nothing they start is left running after
-Ctrl-C.
+Used by `dermae up` and `dermae demo` (engine server, then the studio), and by tests (the Gradio demo too):
+nothing they start is left running after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from engine.settings import Settings
@@ -60,15 +61,29 @@ class Launcher:
             "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
         ], env={"DERMAE_API_URL": api})
         url = f"http://{host}:{port}"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the studio exited with code {proc.returncode}; see its output above")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/_stcore/health", timeout=2).text == "ok":
-                    return url
-            time.sleep(0.2)
-        raise TimeoutError(f"the studio did not answer within {timeout:.0f}s")
+        _wait_until_ready(proc, "the studio", lambda: httpx.get(f"{url}/_stcore/health", timeout=2).text == "ok",
+                          timeout)
+        return url
+
+    def start_demo(self, host: str, port: int, model: Path | None = None, api: str | None = None,
+                   workspace: Path | None = None, args: list[str] | None = None, env: dict[str, str] | None = None,
+                   timeout: float = 120.0) -> str:
+        """Start the Gradio demo (`python -m studio.demo`) serving the export folder `model`, else the engine's
+        served model (the engine at `api` and its `workspace`); return its URL once it answers. Port 0 picks a
+        free one. Loading the model comes before the page answers, hence the longer timeout."""
+        import httpx
+
+        port = port or free_port(host)
+        command = [sys.executable, "-m", "studio.demo", "--host", host, "--port", str(port), *(args or [])]
+        if model is not None:
+            command += ["--model", str(model)]
+        if workspace is not None:
+            command += ["--workspace", str(workspace)]
+        proc = self.start("demo", command, env={**(env or {}), **({"DERMAE_API_URL": api} if api else {})})
+        url = f"http://{host}:{port}"
+        _wait_until_ready(proc, "the demo", lambda: httpx.get(f"{url}/gradio_api/info", timeout=2).status_code == 200,
+                          timeout)
+        return url
 
     def wait(self) -> int:
         """Block until a process exits (or Ctrl-C); return its exit code."""
@@ -106,3 +121,18 @@ def _recorded_url(record: Path, pid: int) -> str | None:
     except (OSError, ValueError):
         return None
     return data["url"] if data.get("pid") == pid else None
+
+
+def _wait_until_ready(proc: subprocess.Popen, what: str, ready: Callable[[], bool], timeout: float) -> None:
+    """Poll `ready` until it holds; fail at once if the process exits, or after `timeout` seconds."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}; see its output above")
+        with contextlib.suppress(httpx.HTTPError):
+            if ready():
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} did not answer within {timeout:.0f}s")
