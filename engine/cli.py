@@ -83,6 +83,7 @@ def _run_up(settings: Settings, host: str, port: int, studio_port: int | None, d
     # SIGTERM (a service manager, `kill`; and a background job, where SIGINT is ignored) stops everything like Ctrl-C:
     # the server and studio run in their own sessions and would otherwise outlive us.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # also when started from a background shell, which ignores SIGINT
     try:
         url = launcher.start_server(settings, host, port)
         accounts: list[tuple[str, str, str]] = []
