@@ -80,8 +80,7 @@ def test_demo_imports_data_makes_accounts_starts_generation_and_the_studio_and_c
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children
         proc.send_signal(stop)
-        # generous: under load a job process takes a while to checkpoint before the engine stops (a hang detector,
-        # not a timing)
+        # a hang detector, not a timing: stopping waits for a running job to checkpoint
         proc.wait(timeout=90)
         _, alive = psutil.wait_procs(children, timeout=30)
         assert not alive
