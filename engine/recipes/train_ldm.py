@@ -103,8 +103,8 @@ def run(params: Params, ctx: JobContext) -> dict:
         from engine.data.tensors import to_png_bytes
 
         stats = ctx.api.stats()
-        short = [k for k, c in enumerate(CLASSES) if plan_quotas(stats.real["train"], stats.synthetic["accepted"],
-                                                                 TargetRule.majority)[c] > 0]
+        quotas = plan_quotas(stats.real["train"], stats.synthetic["accepted"], TargetRule.majority)
+        short = [k for k, c in enumerate(CLASSES) if quotas[c] > 0]
         folder = ctx.artifact_dir / f"ldm-preview-step{step:07d}"
         ema.store(unet.parameters())
         ema.copy_to(unet.parameters())
