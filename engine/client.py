@@ -21,6 +21,8 @@ from engine.schemas import (
     TERMINAL_STATES,
     Agreement,
     Artifact,
+    BackupIn,
+    DatabaseBackup,
     DatasetFreeze,
     DatasetItem,
     DatasetVersion,
@@ -63,7 +65,7 @@ from engine.schemas import (
     UserIn,
     UserInfo,
 )
-from engine.settings import Settings, api_token, api_url
+from engine.settings import SYNTHETIC_UPLOAD_BYTES, Settings, api_token, api_url
 
 
 class ApiError(RuntimeError):
@@ -97,6 +99,11 @@ class Client:
             )
         return cls(url, api_token(settings), timeout=timeout)
 
+    @property
+    def http(self) -> httpx.Client:
+        """The underlying HTTP client (base URL and token set), for raw requests the typed methods do not make."""
+        return self._http
+
     def close(self) -> None:
         self._http.close()
 
@@ -118,8 +125,6 @@ class Client:
             except ValueError:
                 body = {"detail": response.text}
             detail = body.get("detail", response.reason_phrase)
-            if isinstance(detail, list):  # pydantic validation errors
-                detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in detail)
             raise ApiError(response.status_code, str(detail), body.get("problems"))
         return response
 
@@ -162,8 +167,12 @@ class Client:
         return ImageInfo.model_validate(self._request("GET", f"/images/{image_id}").json())
 
     def scores(self, image_ids: list[str]) -> dict[str, dict[str, ScoreValue]]:
-        """{image_id: {name: ScoreValue}} for up to 1000 images."""
-        raw = self._request("GET", "/images/scores", params={"ids": ",".join(image_ids)}).json()
+        """{image_id: {name: ScoreValue}} for any number of images, asked for 200 at a time (ids travel in the URL,
+        whose length servers limit)."""
+        raw: dict[str, dict] = {}
+        for start in range(0, len(image_ids), 200):
+            chunk = ",".join(image_ids[start:start + 200])
+            raw |= self._request("GET", "/images/scores", params={"ids": chunk}).json()
         return {i: {n: ScoreValue.model_validate(v) for n, v in named.items()} for i, named in raw.items()}
 
     def thumbnails(self, image_ids: list[str]) -> dict[str, bytes]:
@@ -247,10 +256,21 @@ class Client:
                       json={"attempt": attempt, "state": state, "result": result, "error": error})
 
     def add_synthetic(self, job_id: int, attempt: int, images: list[dict[str, Any]]) -> list[str]:
-        """Upload generated images: dicts of png (bytes), label, seed, guidance, steps, checkpoint."""
-        encoded = [{**im, "png": base64.b64encode(im["png"])} for im in images]  # Base64Bytes takes base64
-        body = SyntheticBatchIn(attempt=attempt, images=encoded).model_dump(mode="json")
-        return self._request("POST", f"/jobs/{job_id}/synthetic", json=body).json()["ids"]
+        """Upload generated images: dicts of png (bytes), label, seed, guidance, steps, checkpoint. Large batches go
+        in several requests of at most SYNTHETIC_UPLOAD_BYTES of PNG each (each one all or none), far below the
+        server's body limit."""
+        ids: list[str] = []
+        start = 0
+        while start < len(images):
+            end, size = start, 0
+            while end < len(images) and (end == start or size + len(images[end]["png"]) <= SYNTHETIC_UPLOAD_BYTES):
+                size += len(images[end]["png"])
+                end += 1
+            encoded = [{**im, "png": base64.b64encode(im["png"])} for im in images[start:end]]  # Base64Bytes
+            body = SyntheticBatchIn(attempt=attempt, images=encoded).model_dump(mode="json")
+            ids += self._request("POST", f"/jobs/{job_id}/synthetic", json=body).json()["ids"]
+            start = end
+        return ids
 
     def add_scores(self, job_id: int, attempt: int, scores: list[dict[str, Any]]) -> None:
         body = ScoresIn(attempt=attempt, scores=scores).model_dump(mode="json")
@@ -306,6 +326,13 @@ class Client:
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         return dest / version_id
+
+    # backup ---------------------------------------------------------------------------------------------------
+    def backup_database(self, path: Path | str) -> DatabaseBackup:
+        """Have the server export its database into `path`, an empty folder on its machine: the half of `dermae
+        backup` only the process holding the database can do (admins)."""
+        body = BackupIn(path=str(path)).model_dump()
+        return DatabaseBackup.model_validate(self._request("POST", "/backup", json=body, timeout=3600).json())
 
     # models -----------------------------------------------------------------------------------------------
     def models(self) -> list[ModelInfo]:

@@ -38,3 +38,18 @@ def sha256_path(path: Path) -> tuple[str, int]:
         digest.update(f"{p.relative_to(path).as_posix()}\0{sha256_file(p)}\n".encode())
         size += p.stat().st_size
     return digest.hexdigest(), size
+
+
+def copy_file_hashed(source: Path, dest: Path) -> tuple[str, int]:
+    """Copy `source` to the new file `dest` (never over one) with its permission bits from the start, so a private
+    token file is never readable by others on the way, and return the SHA-256 and size of the bytes written, read
+    once: for a file that changes meanwhile, the hash is that of the copy."""
+    digest, size = hashlib.sha256(), 0
+    with source.open("rb") as src:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, os.fstat(src.fileno()).st_mode & 0o777)
+        with os.fdopen(fd, "wb") as out:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
+                size += len(block)
+    return digest.hexdigest(), size

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.settings import Settings
+from engine.settings import Settings, exposure_problem
 
 
 class Launcher:
@@ -54,6 +54,9 @@ class Launcher:
         free one."""
         import httpx
 
+        problem = exposure_problem(host, os.environ.get("DERMAE_API_TOKEN"), "the studio", "DERMAE_API_TOKEN")
+        if problem:
+            raise RuntimeError(problem)
         port = port or free_port(host)
         app = Path(__file__).resolve().parents[1] / "studio" / "app.py"
         proc = self.start("studio", [

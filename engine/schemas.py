@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Base64Bytes, BaseModel, Field, model_validator
+from pydantic import AfterValidator, Base64Bytes, BaseModel, Field, model_validator
 
 ClassCounts = dict[str, int]
+
+# The database's integer columns. A larger number cannot even be compared with one (the query fails, a 500), so
+# every id, offset, attempt and count the API takes stops at these, with a 422 that says so.
+MAX_BIGINT = 2**63 - 1
+MAX_INTEGER = 2**31 - 1
+BigInt = Annotated[int, Field(ge=-MAX_BIGINT - 1, le=MAX_BIGINT)]
+
+# Ids the server gives out, as the filters and paths that take them accept them: anything else is a clear 422.
+IMPORT_BATCH_ID = r"^imp-[0-9a-f]{12}$"  # POST /imports
+PIPELINE_ID = r"^[A-Za-z0-9_.\-]{1,100}$"  # <pipeline name>-<8 hex>
+DATASET_ID = r"^[A-Za-z0-9_.\-]{1,100}$"  # <version name>-<date>-<time>-<4 hex>
+METRIC_NAME = r"^[A-Za-z0-9_.\-/]{1,200}$"  # train/loss, test/f1/mel …
+
+
+def finite_or_none(value: Any) -> Any:
+    """`value` with every NaN and ±infinity in it, at any depth, replaced by None. JSON has no such numbers, though
+    Python reads and writes them: one stored as sent would make every later answer that holds it fail."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+FiniteOrNone = Annotated[float | None, AfterValidator(finite_or_none)]
+FiniteJSON = Annotated[Any, AfterValidator(finite_or_none)]
 
 
 class Health(BaseModel):
@@ -28,7 +57,8 @@ class ImportFormat(StrEnum):
 
 class ImportRequest(BaseModel):
     format: ImportFormat
-    path: str | None = Field(None, description="Path on the server's machine; not used for `phantom`.")
+    path: str | None = Field(None, max_length=4096, description="Path on the server's machine; not used for "
+                                                                 "`phantom`.")
     split_seed: int = Field(0, description="Seed of the lesion-aware split, for sources without splits.")
     phantom_size: int = Field(1000, ge=70, le=20000, description="Number of phantom images.")
 
@@ -100,14 +130,14 @@ class ManifestItem(BaseModel):
 class SyntheticImageIn(BaseModel, extra="forbid"):
     png: Base64Bytes = Field(description="The generated image, PNG, base64.")
     label: str = Field(pattern=r"^(akiec|bcc|bkl|df|mel|nv|vasc)$")
-    seed: int
-    guidance: float
-    steps: int
+    seed: BigInt
+    guidance: float = Field(allow_inf_nan=False)
+    steps: int = Field(ge=1, le=MAX_INTEGER)
     checkpoint: str = Field(max_length=500)
 
 
 class SyntheticBatchIn(BaseModel, extra="forbid"):
-    attempt: int
+    attempt: BigInt
     images: list[SyntheticImageIn] = Field(min_length=1, max_length=1024)
 
 
@@ -118,7 +148,7 @@ class SyntheticBatchResult(BaseModel):
 class ScoreIn(BaseModel, extra="forbid"):
     image_id: str = Field(pattern=r"^[0-9a-f]{64}$")
     name: str = Field(pattern=r"^[a-z0-9_]{1,64}$")
-    value: float | None
+    value: FiniteOrNone = Field(description="NaN and infinity are kept as null (none).")
     ref: str | None = Field(None, max_length=200, description="A related id, e.g. the nearest real image.")
 
 
@@ -128,7 +158,7 @@ class ScoreValue(BaseModel):
 
 
 class ScoresIn(BaseModel, extra="forbid"):
-    attempt: int
+    attempt: BigInt
     scores: list[ScoreIn] = Field(max_length=200_000)
 
 
@@ -159,7 +189,7 @@ TERMINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cance
 class JobSubmit(BaseModel, extra="forbid"):
     kind: str
     params: dict[str, Any] = {}
-    after: list[int] = Field([], description="Job ids that must succeed before this one starts.")
+    after: list[BigInt] = Field([], description="Job ids that must succeed before this one starts.")
     num_processes: int = Field(1, ge=1, le=64, description="More than 1 launches through `accelerate launch`.")
     max_attempts: int = Field(2, ge=1, le=10, description="Attempts when the server dies under the job.")
     heartbeat_timeout: float = Field(300, ge=1, le=86400, description="Seconds without life before it is ended.")
@@ -176,8 +206,8 @@ class PipelineSubmit(BaseModel, extra="forbid"):
 
 
 class Progress(BaseModel):
-    done: float | None = None
-    total: float | None = None
+    done: FiniteOrNone = None  # NaN or infinity: unknown (null)
+    total: FiniteOrNone = None
     message: str | None = None
 
     @property
@@ -226,13 +256,14 @@ class JobEvent(BaseModel):
 
 
 class MetricPoint(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    step: int
-    value: float
+    name: str = Field(pattern=METRIC_NAME, description="Letters, digits and _ . - /, e.g. train/loss.")
+    step: BigInt
+    value: float = Field(description="NaN and infinity are kept (a diverged loss is worth seeing); series give "
+                                     "them as null.")
 
 
 class JobReport(BaseModel, extra="forbid"):
-    attempt: int
+    attempt: BigInt
     progress: Progress | None = None
     metrics: list[MetricPoint] = Field([], max_length=100_000)
     alive: bool = True
@@ -243,15 +274,15 @@ class JobReportReply(BaseModel):
 
 
 class JobFinish(BaseModel, extra="forbid"):
-    attempt: int
+    attempt: BigInt
     state: JobState
-    result: Any = None
+    result: FiniteJSON = Field(None, description="Any JSON; NaN and infinity in it are kept as null.")
     error: str | None = Field(None, max_length=100_000)
 
 
 class ArtifactIn(BaseModel, extra="forbid"):
-    attempt: int
-    path: str = Field(description="A file inside the workspace.")
+    attempt: BigInt
+    path: str = Field(max_length=4096, description="A file inside the workspace.")
     kind: str = Field(pattern=r"^[a-z0-9_\-]{1,64}$")
 
 
@@ -268,7 +299,7 @@ class Artifact(BaseModel):
 class MetricSeries(BaseModel):
     name: str
     steps: list[int]
-    values: list[float]
+    values: list[float | None] = Field(description="null where the job reported NaN or infinity.")
 
 
 class LogChunk(BaseModel):
@@ -289,7 +320,9 @@ class DatasetFreeze(BaseModel, extra="forbid"):
     note: str | None = Field(None, max_length=2000)
     accepts_needed: int | None = Field(None, ge=1, le=20, description="Policy: k accepts and no reject; default: "
                                                                      "the review policy in force.")
-    targets: dict[str, int] | None = Field(None, description="At most this many synthetic images per class.")
+    # INTEGER: the manifest query compares the ranks with it as one
+    targets: dict[str, Annotated[int, Field(ge=0, le=MAX_INTEGER)]] | None = Field(
+        None, description="At most this many synthetic images per class.")
     selection: str = Field("reviewed", pattern=r"^(reviewed|scores|all|none)$",
                            description="reviewed: accepted under the policy; scores: automatic curation by the "
                                        "score job; all: every generated image; none: real only.")
@@ -324,17 +357,17 @@ class DatasetItem(BaseModel):
 class _ModelFields(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")
     arch: str
-    image_size: int
+    image_size: int = Field(ge=1, le=MAX_INTEGER)
     dataset: str | None
     classifier_path: str
     torchscript_path: str
     onnx_path: str
-    evaluation: dict[str, Any] | None
-    check_max_abs_diff: float
+    evaluation: Annotated[dict[str, Any] | None, AfterValidator(finite_or_none)]  # NaN, ±inf: null
+    check_max_abs_diff: float = Field(allow_inf_nan=False)
 
 
 class ModelIn(_ModelFields, extra="forbid"):
-    attempt: int
+    attempt: BigInt
 
 
 class ModelInfo(_ModelFields):
@@ -552,3 +585,14 @@ class TuringResults(BaseModel):
     agreement: dict[str, Agreement] = Field(description="On real/synthetic: 'overall', then per class.")
     fooled: list[TuringFooled] = Field(description="Synthetic images most of their readers called real.")
     fooled_rule: str
+
+
+class BackupIn(BaseModel, extra="forbid"):
+    path: str = Field(max_length=4096, description="An empty folder on the server's machine, outside the "
+                                                   "workspace: where the database export is written.")
+
+
+class DatabaseBackup(BaseModel):
+    path: str
+    schema_version: int
+    counts: dict[str, int] = Field(description="Rows per table, from the same snapshot as the export.")

@@ -2,8 +2,10 @@
 
 DERMAE_WORKSPACE  where the database, images, logs and the API token live (default: ./workspace)
 DERMAE_API_URL    where clients find the server (default: the running server's record in the workspace)
-DERMAE_API_TOKEN  the token clients send (default: the token file in the workspace)
+DERMAE_API_TOKEN  the token clients send (default: the token file in the workspace); set for the server, it
+                  replaces that file's token, and it is required to bind any address but loopback
 DERMAE_DATA       a dermamnist.npz that `dermae demo` imports instead of the phantom set
+DERMAE_MAX_REQUEST_MB  the largest request body the server reads (default 64)
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
 MIN_IMAGE_SIDE = 8
 THUMBNAIL_SIDE = 128
+
+# The largest request body the server reads. The biggest legitimate ones are batches of generated PNGs, which the
+# client splits into requests of at most SYNTHETIC_UPLOAD_BYTES.
+MAX_REQUEST_BYTES = int(float(os.environ.get("DERMAE_MAX_REQUEST_MB", "64")) * 1024 * 1024)
+SYNTHETIC_UPLOAD_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,37 @@ def ensure_api_token(settings: Settings) -> str:
         token = secrets.token_urlsafe(32)
         f.write(token + "\n")
     return token
+
+
+def server_api_token(settings: Settings) -> str:
+    """The token the server accepts: DERMAE_API_TOKEN when the operator set one, else the workspace's file."""
+    return os.environ.get("DERMAE_API_TOKEN") or ensure_api_token(settings)
+
+
+MIN_TOKEN_CHARS = 24
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def exposure_problem(host: str, token: str | None, what: str, token_env: str) -> str | None:
+    """Why `what` must not bind `host`, or None. Loopback is always allowed; any other address makes it reachable
+    from other machines, which needs a token set on purpose in `token_env`."""
+    if is_loopback(host):
+        return None
+    make = "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    if not token:
+        return (f"refusing to bind {host}: {what} would be reachable from other machines. Bind 127.0.0.1 (the "
+                f"default), or set {token_env} to a secret token ({make}) if you mean to expose it.")
+    if len(token) < MIN_TOKEN_CHARS:
+        return f"refusing to bind {host}: {token_env} is shorter than {MIN_TOKEN_CHARS} characters; {make}"
+    return None
 
 
 def api_token(settings: Settings) -> str | None:

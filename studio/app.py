@@ -6,11 +6,22 @@ Each page is one file under pages/; this script only signs people in and picks t
 
 from __future__ import annotations
 
+import os
+
 import streamlit as st
 
+from engine.settings import exposure_problem
 from studio import api
 
 st.set_page_config(page_title="DerMAE Studio", page_icon="🔬", layout="wide")
+
+# Started by hand on another address, the studio serves nothing unless a token was set on purpose, as the engine
+# and `dermae up` demand. (`dermae up` and the repository's .streamlit/config.toml set 127.0.0.1.)
+exposure = exposure_problem(st.get_option("server.address") or "127.0.0.1", os.environ.get("DERMAE_API_TOKEN"),
+                            "the studio", "DERMAE_API_TOKEN")
+if exposure:
+    st.error(exposure)
+    st.stop()
 
 if api.session() is None:
     page = st.navigation([st.Page("pages/sign_in.py", title="Sign in", icon=":material/login:")])

@@ -62,13 +62,13 @@ FAST_JOB_ENV = {"DERMAE_REPORT_INTERVAL": "0.2", "DERMAE_ORPHAN_TIMEOUT": "10"}
 
 
 def start_server(workspace: Path, *args: str, timeout: float = 60, env: dict[str, str] | None = None) -> RunningServer:
-    """`dermae serve --port 0 [args]` in `workspace`; returns once /health answers."""
+    """`dermae serve --port 0 [args]` in `workspace`; returns once /health answers. The caller's DERMAE_API_URL
+    and DERMAE_API_TOKEN are not inherited; `env` may set a token on purpose."""
     workspace.mkdir(parents=True, exist_ok=True)
     settings = Settings.from_env(workspace)
     log_path = workspace / f"server-{time.monotonic_ns()}.log"
-    env = {**os.environ, **FAST_JOB_ENV, **(env or {}), "DERMAE_WORKSPACE": str(workspace)}
-    env.pop("DERMAE_API_URL", None)
-    env.pop("DERMAE_API_TOKEN", None)
+    inherited = {k: v for k, v in os.environ.items() if k not in ("DERMAE_API_URL", "DERMAE_API_TOKEN")}
+    env = {**inherited, **FAST_JOB_ENV, **(env or {}), "DERMAE_WORKSPACE": str(workspace)}
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", "0", *args], env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
@@ -81,7 +81,7 @@ def start_server(workspace: Path, *args: str, timeout: float = 60, env: dict[str
         except (OSError, ValueError):
             record = {}
         if record.get("pid") == proc.pid:
-            token = settings.token_path.read_text().strip()
+            token = env.get("DERMAE_API_TOKEN") or settings.token_path.read_text().strip()
             server = RunningServer(proc, settings, record["url"], token, log_path)
             server.client().wait_until_healthy(timeout=deadline - time.monotonic())
             return server
@@ -126,7 +126,11 @@ def review_server(workspace: Path, users: dict[str, str], per_class: dict[str, i
     """A started server with seed_review_workspace's images (ids on `.ids`) and accounts {name: role}, each with
     the password "<name>-password"."""
     server = start_server(workspace)
-    server.ids = seed_review_workspace(server, per_class)
-    for name, role in users.items():
-        server.client().add_user(name, f"{name}-password", role)
+    try:
+        server.ids = seed_review_workspace(server, per_class)
+        for name, role in users.items():
+            server.client().add_user(name, f"{name}-password", role)
+    except BaseException:
+        server.stop()  # a failed set-up must not leave a server running
+        raise
     return server

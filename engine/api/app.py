@@ -6,15 +6,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from engine import __version__
-from engine.api import datasets, health, images, imports, jobs, models, reviews, turing, users
-from engine.api.auth import require_admin, require_token
+from engine.api import backup, datasets, health, images, imports, jobs, models, reviews, turing, users
+from engine.api.auth import SignInLimiter, require_admin, require_token
+from engine.api.body_limit import BodySizeLimit
 from engine.data.images import ImageProblem
 from engine.data.sources import SourceError
 from engine.jobs.scheduler import Scheduler
-from engine.settings import Settings, ensure_api_token
+from engine.settings import MAX_REQUEST_BYTES, Settings, server_api_token
 from engine.store import (
     JobConflict,
     ReviewConflict,
@@ -58,12 +60,16 @@ def create_app(settings: Settings, store: Store, scheduler: Scheduler | None = N
     app.state.settings = settings
     app.state.store = store
     app.state.scheduler = scheduler
-    app.state.api_token = ensure_api_token(settings)
+    app.state.api_token = server_api_token(settings)
+    app.state.sign_in_limiter = SignInLimiter.from_env()
+    # No CORS middleware on purpose: browsers refuse cross-origin reads, and the studio calls from its own server.
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_REQUEST_BYTES)
 
     app.include_router(health.router)
     app.include_router(users.router)  # sign-in is open; the rest of it checks roles per endpoint
     protected = [Depends(require_token)]
     app.include_router(imports.router, dependencies=[Depends(require_admin)])
+    app.include_router(backup.router, dependencies=[Depends(require_admin)])
     app.include_router(reviews.router, dependencies=protected)
     app.include_router(images.router, dependencies=protected)
     app.include_router(jobs.router, dependencies=protected)
@@ -81,6 +87,14 @@ def create_app(settings: Settings, store: Store, scheduler: Scheduler | None = N
     def _source_error(_: Request, e: SourceError) -> JSONResponse:
         return JSONResponse({"detail": e.summary, "problems": e.problems},
                             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid_request(_: Request, e: RequestValidationError) -> JSONResponse:
+        # One shape for every 4xx (Problem): `detail` a sentence, `problems` one line per field.
+        problems = [f"{'.'.join(str(part) for part in err.get('loc', ()))}: {err.get('msg')}" for err in e.errors()]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return JSONResponse({"detail": f"invalid request: {problems[0] if problems else 'unreadable'}{more}",
+                             "problems": problems}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(ImageProblem)
     def _image_problem(_: Request, e: ImageProblem) -> JSONResponse:

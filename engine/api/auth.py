@@ -4,7 +4,11 @@ and review decisions are attributed to the signed-in user found here, never to a
 
 from __future__ import annotations
 
+import os
 import secrets
+import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 
 from fastapi import Depends, HTTPException, Request, status
@@ -56,6 +60,61 @@ def require_reviewer(principal: Principal = Depends(require_token)) -> Principal
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"{principal.name} is a {principal.role}: reviewing needs "
                                                        "the reviewer or admin role")
     return principal
+
+
+def require_engine(principal: Principal = Depends(require_token)) -> Principal:
+    """The workspace API token only: what job processes send. Progress, synthetic images, scores and models come
+    from jobs; a signed-in person, whatever their role, must not be able to forge them."""
+    if principal.is_user:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"{principal.name}: only job processes (the workspace API "
+                                                       "token) report progress, images, scores and models")
+    return principal
+
+
+class SignInLimiter:
+    """Failed sign-ins in a sliding window, per account and per client address. Over a limit, every attempt (right
+    password or not) is refused until the oldest failure leaves the window: guessing one account's password gets
+    `max_failures` tries per `window` seconds. The address limit is 10x higher because the studio signs everyone
+    in from one address: one person mistyping must not lock the others out; it stops spraying many accounts.
+    In memory: a restart forgets, which only helps someone who can restart the server anyway."""
+
+    def __init__(self, max_failures: int = 5, window: float = 300.0):
+        self.max_failures = max_failures
+        self.window = window
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls) -> SignInLimiter:
+        return cls(int(os.environ.get("DERMAE_SIGNIN_MAX_FAILURES", "5")),
+                   float(os.environ.get("DERMAE_SIGNIN_WINDOW", "300")))
+
+    def _limits(self, name: str, address: str) -> dict[str, int]:
+        return {f"user:{name}": self.max_failures, f"address:{address}": 10 * self.max_failures}
+
+    def retry_after(self, name: str, address: str) -> float:
+        """Seconds until `name` may try again from `address` (0: now)."""
+        now = time.monotonic()
+        wait = 0.0
+        with self._lock:
+            for key, limit in self._limits(name, address).items():
+                failures = self._failures.get(key)
+                while failures and now - failures[0] >= self.window:
+                    failures.popleft()
+                if failures and len(failures) >= limit:
+                    wait = max(wait, self.window - (now - failures[-limit]))
+        return wait
+
+    def failed(self, name: str, address: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in self._limits(name, address):
+                self._failures.setdefault(key, deque()).append(now)
+
+    def succeeded(self, name: str) -> None:
+        """The account's count starts again; the address's does not (one known password must not reset it)."""
+        with self._lock:
+            self._failures.pop(f"user:{name}", None)
 
 
 def _unauthorized() -> HTTPException:

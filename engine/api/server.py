@@ -13,7 +13,7 @@ import uvicorn
 from engine.api.app import create_app
 from engine.files import atomic_write_bytes
 from engine.jobs.scheduler import Scheduler, SchedulerConfig
-from engine.settings import Settings, ensure_api_token
+from engine.settings import Settings, exposure_problem, server_api_token
 from engine.store import Store
 
 
@@ -42,7 +42,11 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def serve(settings: Settings, host: str, port: int, log_level: str = "info",
           scheduler_config: SchedulerConfig | None = None) -> None:
-    """Serve until interrupted. Port 0 picks a free port; the real one is written to server.json."""
+    """Serve until interrupted. Port 0 picks a free port; the real one is written to server.json. Any address but
+    loopback needs DERMAE_API_TOKEN set (SystemExit otherwise)."""
+    problem = exposure_problem(host, os.environ.get("DERMAE_API_TOKEN"), "the engine API", "DERMAE_API_TOKEN")
+    if problem:
+        raise SystemExit(problem)
     settings.ensure()
     store = Store(settings.db_path)  # fails fast, with advice, if another server holds the database
     sock = _bind(host, port)
@@ -51,7 +55,7 @@ def serve(settings: Settings, host: str, port: int, log_level: str = "info",
     record = {"url": f"http://{url_host}:{bound_port}", "pid": os.getpid(), "started_at": time.time()}
     # job processes run on this machine: they reach a server bound to every interface over loopback
     local_url = record["url"] if host not in ("0.0.0.0", "::") else f"http://127.0.0.1:{bound_port}"
-    scheduler = Scheduler(store, settings, api_url=local_url, api_token=ensure_api_token(settings),
+    scheduler = Scheduler(store, settings, api_url=local_url, api_token=server_api_token(settings),
                           config=scheduler_config or SchedulerConfig())
     app = create_app(settings, store, scheduler)
     atomic_write_bytes(settings.server_record_path, json.dumps(record).encode())
@@ -61,7 +65,11 @@ def serve(settings: Settings, host: str, port: int, log_level: str = "info",
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stop)
     try:
-        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=False))
+        # A request head over h11's 16 KiB default is dropped without an answer; 64 KiB leaves room for long id
+        # lists in a URL.
+        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=False,
+                                h11_max_incomplete_event_size=64 * 1024)
+        server = uvicorn.Server(config)
         server.run(sockets=[sock])
     except _Stopped:
         pass

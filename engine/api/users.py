@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 
 from engine.api.auth import Principal, require_admin, require_token
@@ -11,14 +13,24 @@ router = APIRouter(tags=["users"])
 _ERRORS = {409: {"model": Problem}, 422: {"model": Problem}}
 
 
-@router.post("/auth/login", response_model=Session, responses={401: {"model": Problem}})
+@router.post("/auth/login", response_model=Session, responses={401: {"model": Problem}, 429: {"model": Problem}})
 def login(body: Login, request: Request) -> Session:
-    """Exchange a name and password for a session token (the only endpoint besides /health that needs none)."""
-    users = request.app.state.store.users
+    """Exchange a name and password for a session token (the only endpoint besides /health that needs none).
+    After 5 wrong passwords for an account within 5 minutes, it refuses (429, Retry-After) until the window
+    passes."""
+    users, limiter = request.app.state.store.users, request.app.state.sign_in_limiter
+    address = request.client.host if request.client else "unknown"
+    wait = limiter.retry_after(body.name, address)
+    if wait > 0:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                            f"too many failed sign-ins for {body.name!r}: try again in {math.ceil(wait)} s",
+                            headers={"Retry-After": str(math.ceil(wait))})
     user = users.authenticate(body.name, body.password)
     if user is None:
+        limiter.failed(body.name, address)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong name or password (an admin can add you with "
                                                           "`dermae users add NAME`)")
+    limiter.succeeded(body.name)
     token, expires_at = users.start_session(user)
     return Session(token=token, expires_at=expires_at, user=UserInfo(name=user.name, role=user.role))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.store.backup import BackupFailed, DatabaseExport, export_database, export_database_file, import_database
+from engine.store.backup import referenced_files as _referenced_files
 from engine.store.datasets import DatasetQueries, UnknownDataset
 from engine.store.db import Database, StoreLocked
 from engine.store.images import ImageQueries
@@ -17,6 +19,7 @@ from engine.store.users import User, UserExists, UserProblem, UserQueries
 __all__ = ["LATEST_VERSION", "JobConflict", "ReviewConflict", "ReviewProblem", "Store", "StoreLocked",
            "TuringConflict", "TuringProblem", "UnknownDataset", "UnknownJob", "UnknownModel", "UnknownTuringSession",
            "User", "UserExists", "UserProblem"]
+__all__ += ["BackupFailed", "DatabaseExport", "export_database_file", "import_database"]
 
 
 class Store:
@@ -33,6 +36,14 @@ class Store:
     @property
     def schema_version(self) -> int:
         return self.db.schema_version
+
+    def backup(self, dest: Path) -> DatabaseExport:
+        """Export the database into the new folder `dest` as one consistent snapshot, while other requests go on."""
+        return export_database(self.db, dest)
+
+    def referenced_files(self) -> dict[str, list[tuple[str, str | None]]]:
+        """The files the rows point to (images, thumbnails, artifacts, manifests, models): a restore checks them."""
+        return _referenced_files(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -36,6 +36,16 @@ def where_given(*conditions: tuple[str, str | None, Any]) -> tuple[str, dict[str
     return " AND ".join(where) or "TRUE", params
 
 
+def read_schema_version(cur: duckdb.DuckDBPyConnection) -> int:
+    """The highest migration applied to the database `cur` reads (0 for an empty one)."""
+    exists = cur.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+    ).fetchone()[0]
+    if not exists:
+        return 0
+    return cur.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+
+
 class StoreLocked(RuntimeError):
     pass
 
@@ -77,13 +87,7 @@ class Database:
 
     @property
     def schema_version(self) -> int:
-        cur = self.cursor()
-        exists = cur.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
-        ).fetchone()[0]
-        if not exists:
-            return 0
-        return cur.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+        return read_schema_version(self.cursor())
 
     def migrate(self, target: int | None = None) -> list[int]:
         """Apply missing migrations up to `target` (default: all). Returns the versions applied."""

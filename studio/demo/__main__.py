@@ -1,28 +1,24 @@
 """python -m studio.demo [--model EXPORT_FOLDER] [--host 127.0.0.1] [--port 7860] …  (or `make serve`)
 
 Serves the model the studio marked as served (through the engine API), or an export folder given with --model,
-on 127.0.0.1 by default. Everything the demo writes lives in one temporary folder, deleted on exit (Ctrl-C or
+on 127.0.0.1 by default; another address needs DERMAE_DEMO_TOKEN, which visitors then type as the password of
+Gradio's sign-in page. Everything the demo writes lives in one temporary folder, deleted on exit (Ctrl-C or
 SIGTERM): Gradio's uploads and outputs, and the example images."""
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
+import secrets
 import shutil
 import signal
 import sys
 import tempfile
 from pathlib import Path
 
-LOOPBACK_NAMES = {"localhost"}
+from engine.settings import exposure_problem, is_loopback
 
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host in LOOPBACK_NAMES
+TOKEN_ENV = "DERMAE_DEMO_TOKEN"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,11 +27,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                    "classifier.json …); default: the engine's served model.")
     parser.add_argument("--workspace", type=Path, help="The engine's workspace (default: DERMAE_WORKSPACE, else "
                                                        "./workspace): the served model's files are inside it.")
-    parser.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1).")
+    parser.add_argument("--host", default="127.0.0.1", help=f"Address to bind (default 127.0.0.1); any other "
+                                                              f"needs {TOKEN_ENV} (the sign-in password).")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--allow-remote", action="store_true",
-                        help="Allow binding a non-loopback address: the demo has no sign-in, anyone who reaches "
-                             "the address can use it.")
     parser.add_argument("--runtime", choices=("onnx", "torchscript"), default=None,
                         help="What runs the model (default: ONNX Runtime, the fastest measured).")
     parser.add_argument("--threads", type=int, default=None,
@@ -45,9 +39,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not is_loopback(args.host) and not args.allow_remote:
-        print(f"refusing to bind {args.host}: the demo has no sign-in, so anyone who can reach that address could "
-              "use it. Bind 127.0.0.1 (the default), or pass --allow-remote if you mean it.", file=sys.stderr)
+    problem = exposure_problem(args.host, os.environ.get(TOKEN_ENV), "the demo", TOKEN_ENV)
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     scratch = Path(tempfile.mkdtemp(prefix="dermae-demo-"))
     # Gradio reads its upload/cache folder from the environment when it is imported: set it first.
@@ -95,11 +89,20 @@ def serve(args: argparse.Namespace, scratch: Path) -> int:
     # still serves several a second; past 16 waiting, new requests are told the queue is full rather than waiting
     # ever longer.
     app.queue(default_concurrency_limit=1, max_size=16)
-    app.launch(server_name=args.host, server_port=args.port, share=False,
+    app.launch(server_name=args.host, server_port=args.port, share=False, auth=sign_in(args.host),
                allowed_paths=[str(scratch / "examples")],  # nothing else of this machine is served
                max_file_size=MAX_IMAGE_BYTES, show_error=False, quiet=False, footer_links=["api"],
                run_history=False, enable_monitoring=False, mcp_server=False, ssr_mode=False, pwa=False)
     return 0
+
+
+def sign_in(host: str):
+    """None on loopback (one person's own machine); elsewhere Gradio's sign-in page, whose password is the token
+    (any name: visitors are not accounts, the token only keeps strangers out)."""
+    if is_loopback(host):
+        return None
+    token = os.environ[TOKEN_ENV]
+    return lambda _name, password: secrets.compare_digest(password.encode(), token.encode())
 
 
 if __name__ == "__main__":

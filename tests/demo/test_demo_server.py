@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -158,10 +159,22 @@ def test_only_the_examples_are_served(demo, client):
         assert shown in config, shown
 
 
-def test_refuses_a_public_address_without_the_explicit_flag(effnet_export):
+@pytest.mark.parametrize("token", [None, "short"])
+def test_refuses_a_public_address_without_a_token(effnet_export, token):
+    env = {k: v for k, v in os.environ.items() if k != "DERMAE_DEMO_TOKEN"} | ({"DERMAE_DEMO_TOKEN": token}
+                                                                              if token else {})
     done = subprocess.run([sys.executable, "-m", "studio.demo", "--host", "0.0.0.0", "--model", str(effnet_export)],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "--allow-remote" in done.stderr
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2 and "refusing to bind 0.0.0.0" in done.stderr and "DERMAE_DEMO_TOKEN" in done.stderr
+
+
+def test_elsewhere_the_token_is_the_sign_in_password(monkeypatch):
+    from studio.demo.__main__ import sign_in
+
+    monkeypatch.setenv("DERMAE_DEMO_TOKEN", "a" * 32)
+    assert sign_in("127.0.0.1") is None
+    check = sign_in("0.0.0.0")
+    assert check("anyone", "a" * 32) and not check("anyone", "a" * 31) and not check("anyone", "")
 
 
 def test_a_missing_model_is_a_message_not_a_traceback(tmp_path):

@@ -31,6 +31,20 @@ def test_sign_in_refuses_a_wrong_password_and_accepts_the_right_one(server, monk
     assert at.switch_page("pages/overview.py").run().title[0].value == "Overview"
 
 
+def test_on_another_address_without_a_token_the_studio_serves_nothing(server, monkeypatch):
+    from streamlit import config
+
+    monkeypatch.setenv("DERMAE_API_URL", server.url)
+    monkeypatch.delenv("DERMAE_API_TOKEN", raising=False)
+    before = config.get_option("server.address")
+    config.set_option("server.address", "0.0.0.0")  # as `streamlit run … --server.address 0.0.0.0` sets it
+    try:
+        at = AppTest.from_file(APP, default_timeout=60).run()
+    finally:
+        config.set_option("server.address", before)
+    assert "refusing to bind 0.0.0.0" in at.error[0].value and not at.text_input
+
+
 def test_overview_counts_per_class_and_queues_generation_for_the_deficit(server, app):
     at = app("ann")
     assert at.button(key="overview_generate").disabled  # no generator trained or training
