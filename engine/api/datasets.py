@@ -2,16 +2,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.responses import FileResponse
 
 from engine.data.export import export_zip
 from engine.data.images import ImageStore
 from engine.data.labels import CLASSES
-from engine.schemas import DatasetFreeze, DatasetItem, DatasetVersion, Problem
+from engine.schemas import DATASET_ID, DatasetFreeze, DatasetItem, DatasetVersion, Problem
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 _ERRORS = {404: {"model": Problem}, 422: {"model": Problem}}
+VersionId = Annotated[str, Path(pattern=DATASET_ID, description="Dataset version id (GET /datasets).")]
 
 
 @router.post("", response_model=DatasetVersion, status_code=201, responses=_ERRORS)
@@ -34,13 +35,13 @@ def list_versions(request: Request) -> list[DatasetVersion]:
 
 
 @router.get("/{version_id}", response_model=DatasetVersion, responses=_ERRORS)
-def get_version(version_id: str, request: Request) -> DatasetVersion:
+def get_version(version_id: VersionId, request: Request) -> DatasetVersion:
     return DatasetVersion(**request.app.state.store.datasets.get(version_id))
 
 
 @router.get("/{version_id}/manifest", response_model=list[DatasetItem], responses=_ERRORS)
 def manifest(
-    version_id: str,
+    version_id: VersionId,
     request: Request,
     split: Annotated[str | None, Query(pattern=r"^(train|val|test)$")] = None,
     source: Annotated[str | None, Query(pattern=r"^(real|synthetic)$")] = None,
@@ -49,7 +50,7 @@ def manifest(
 
 
 @router.get("/{version_id}/export.zip", response_class=FileResponse, responses=_ERRORS)
-def export(version_id: str, request: Request) -> FileResponse:
+def export(version_id: VersionId, request: Request) -> FileResponse:
     """The version as a zip: manifest.csv, manifest.parquet and `<split>/<class>/<id>.<ext>` images, the layout
     torchvision's ImageFolder reads. Built on first request, then kept (versions never change)."""
     store, settings = request.app.state.store, request.app.state.settings

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.responses import FileResponse
 
 from engine.data.images import ImageStore
-from engine.schemas import ImageInfo, ImagePage, ManifestItem, ScoreValue, Stats
+from engine.schemas import IMPORT_BATCH_ID, MAX_BIGINT, ImageInfo, ImagePage, ManifestItem, ScoreValue, Stats
 
 router = APIRouter(tags=["images"])
 
@@ -41,7 +41,7 @@ def manifest(
     source: Annotated[str, Query(pattern=r"^(real|synthetic)$")] = "real",
     split: Annotated[str | None, Query(pattern=r"^(train|val|test)$")] = None,
     status: Annotated[str | None, Query(pattern=r"^(pending|accepted|rejected)$")] = None,
-    generation_job: Annotated[int | None, Query(ge=1)] = None,
+    generation_job: Annotated[int | None, Query(ge=1, le=MAX_BIGINT)] = None,
 ) -> list[ManifestItem]:
     """Every matching image with its file path, in a stable order: what a training job reads."""
     store = request.app.state.store
@@ -82,9 +82,10 @@ def list_images(
     source: Annotated[str | None, Query(pattern=r"^(real|synthetic)$")] = None,
     split: Annotated[str | None, Query(pattern=r"^(train|val|test)$")] = None,
     label: Annotated[str | None, Query(pattern=_LABEL)] = None,
-    batch: Annotated[str | None, Query(max_length=64)] = None,
+    batch: Annotated[str | None, Query(pattern=IMPORT_BATCH_ID, description="An import batch id, as POST /imports "
+                                                                          "gave it (imp-…).")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
 ) -> ImagePage:
     total, rows = request.app.state.store.images.list(source=source, split=split, label=label, batch=batch,
                                                       limit=limit, offset=offset)

@@ -29,9 +29,13 @@ def _records(req: ImportRequest) -> tuple[str, list[SourceRecord]]:
     if req.format == ImportFormat.phantom:
         return f"phantom(n={req.phantom_size})", phantom_records(req.phantom_size)
     path = Path(req.path or "").expanduser()
-    if not path.exists():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{path} does not exist on the server's machine")
-    return str(path.resolve()), _READERS[req.format](path)
+    try:
+        if not path.exists():
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"{path} does not exist on the server's machine")
+        return str(path.resolve()), _READERS[req.format](path)
+    except OSError as e:  # a name too long for the file system, a folder the server may not read …
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"cannot read {req.path!r} on the server's machine: {e.strerror or e}") from None
 
 
 @router.post("", response_model=ImportResult, responses={422: {"model": Problem}, 404: {"model": Problem},

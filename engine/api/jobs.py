@@ -4,10 +4,11 @@ import mimetypes
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
+from engine.api.auth import require_engine
 from engine.data.images import ImageStore
 from engine.data.ingest import ingest
 from engine.data.sources import SourceRecord
@@ -15,6 +16,9 @@ from engine.files import sha256_path
 from engine.jobs.scheduler import log_path
 from engine.recipes.registry import KINDS, UnknownKind, get_kind
 from engine.schemas import (
+    MAX_BIGINT,
+    METRIC_NAME,
+    PIPELINE_ID,
     TERMINAL_STATES,
     Artifact,
     ArtifactIn,
@@ -35,6 +39,7 @@ from engine.schemas import (
     ScoresIn,
     SyntheticBatchIn,
     SyntheticBatchResult,
+    finite_or_none,
 )
 from engine.store import UnknownJob
 
@@ -42,11 +47,16 @@ router = APIRouter(tags=["jobs"])
 MAX_LOG_CHUNK = 1 << 20
 _ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": Problem}, 409: {"model": Problem},
                                             422: {"model": Problem}}
+JobId = Annotated[int, Path(ge=1, le=MAX_BIGINT, description="Job id.")]
+ArtifactId = Annotated[int, Path(ge=1, le=MAX_BIGINT, description="Artifact id (GET /jobs/{job_id}/artifacts).")]
+_KIND = "^(" + "|".join(KINDS) + ")$"  # a kind filter names a known kind (GET /job-kinds), or it is a mistake
 
 
 def _info(job: dict) -> JobInfo:
     progress = Progress(done=job.pop("progress_done"), total=job.pop("progress_total"),
                         message=job.pop("progress_message"))
+    # what a workspace stored before NaN and infinity were kept out would otherwise fail every listing
+    job |= {"params": finite_or_none(job["params"]), "result": finite_or_none(job["result"])}
     return JobInfo(**job, progress=progress)
 
 
@@ -56,11 +66,18 @@ def _validated(kind: str, params: dict) -> dict:
     except UnknownKind as e:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(e)) from None
     try:
-        return model.model_validate(params).model_dump(mode="json")
+        valid = model.model_validate(params).model_dump(mode="json")
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'params'}: {err['msg']}" for err in e.errors())
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             f"invalid parameters for {kind}: {problems}") from None
+    # JSON has no NaN or infinity, though Python reads them (lr=Infinity passes gt=0): stored, one would break
+    # every later answer that shows the job.
+    infinite = [name for name, value in valid.items() if finite_or_none(value) != value]
+    if infinite:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"invalid parameters for {kind}: "
+                            f"{', '.join(infinite)}: give finite numbers, not NaN or infinity")
+    return valid
 
 
 def _create(request: Request, specs: list[dict], pipeline_id: str | None) -> list[int]:
@@ -120,7 +137,7 @@ def submit_pipeline(body: PipelineSubmit, request: Request) -> PipelineInfo:
 
 
 @router.get("/pipelines/{pipeline_id}", response_model=PipelineInfo, responses=_ERRORS)
-def get_pipeline(pipeline_id: str, request: Request) -> PipelineInfo:
+def get_pipeline(pipeline_id: Annotated[str, Path(pattern=PIPELINE_ID)], request: Request) -> PipelineInfo:
     _, jobs = request.app.state.store.jobs.list(pipeline_id=pipeline_id, limit=1000)
     if not jobs:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no pipeline {pipeline_id}")
@@ -131,10 +148,10 @@ def get_pipeline(pipeline_id: str, request: Request) -> PipelineInfo:
 def list_jobs(
     request: Request,
     state: Annotated[str | None, Query(pattern=r"^(queued|running|cancelling|succeeded|failed|cancelled)$")] = None,
-    kind: Annotated[str | None, Query(max_length=64)] = None,
-    pipeline: Annotated[str | None, Query(max_length=100)] = None,
+    kind: Annotated[str | None, Query(pattern=_KIND, description="A job kind (GET /job-kinds).")] = None,
+    pipeline: Annotated[str | None, Query(pattern=PIPELINE_ID, description="A pipeline id.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
 ) -> JobPage:
     total, jobs = request.app.state.store.jobs.list(state=state, kind=kind, pipeline_id=pipeline, limit=limit,
                                                     offset=offset)
@@ -142,12 +159,12 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobInfo, responses=_ERRORS)
-def get_job(job_id: int, request: Request) -> JobInfo:
+def get_job(job_id: JobId, request: Request) -> JobInfo:
     return _info(_job(request, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobInfo, responses=_ERRORS)
-def cancel_job(job_id: int, request: Request) -> JobInfo:
+def cancel_job(job_id: JobId, request: Request) -> JobInfo:
     """Queued: cancelled at once. Running: SIGTERM, a grace period to checkpoint, then SIGKILL."""
     request.app.state.store.jobs.request_cancel(job_id)
     if request.app.state.scheduler:
@@ -156,7 +173,7 @@ def cancel_job(job_id: int, request: Request) -> JobInfo:
 
 
 @router.post("/jobs/{job_id}/retry", response_model=JobInfo, responses=_ERRORS)
-def retry_job(job_id: int, request: Request) -> JobInfo:
+def retry_job(job_id: JobId, request: Request) -> JobInfo:
     """Re-queue a failed or cancelled job (and what failed downstream because of it); it resumes from its
     last checkpoint."""
     request.app.state.store.jobs.retry(job_id)
@@ -166,14 +183,14 @@ def retry_job(job_id: int, request: Request) -> JobInfo:
 
 
 @router.get("/jobs/{job_id}/events", response_model=list[JobEvent], responses=_ERRORS)
-def job_events(job_id: int, request: Request) -> list[JobEvent]:
+def job_events(job_id: JobId, request: Request) -> list[JobEvent]:
     _job(request, job_id)
     return [JobEvent(**e) for e in request.app.state.store.jobs.events(job_id)]
 
 
 @router.get("/jobs/{job_id}/logs", response_model=LogChunk, responses=_ERRORS)
 def job_logs(
-    job_id: int,
+    job_id: JobId,
     request: Request,
     offset: Annotated[int, Query(ge=0, description="Byte offset to read from (follow: pass back `offset`).")] = 0,
     tail: Annotated[int | None, Query(ge=1, le=10000, description="Only the last N lines.")] = None,
@@ -197,21 +214,23 @@ def job_logs(
 
 
 @router.get("/jobs/{job_id}/metrics", response_model=list[MetricSeries], responses=_ERRORS)
-def job_metrics(job_id: int, request: Request,
-                name: Annotated[str | None, Query(max_length=200)] = None) -> list[MetricSeries]:
+def job_metrics(job_id: JobId, request: Request,
+                name: Annotated[str | None, Query(pattern=METRIC_NAME, description="One metric, e.g. train/loss.")]
+                = None) -> list[MetricSeries]:
     _job(request, job_id)
     series = request.app.state.store.jobs.metrics(job_id, name)
-    return [MetricSeries(name=n, steps=[s for s, _ in pts], values=[v for _, v in pts]) for n, pts in series.items()]
+    return [MetricSeries(name=n, steps=[s for s, _ in pts], values=[finite_or_none(v) for _, v in pts])
+            for n, pts in series.items()]
 
 
 @router.get("/jobs/{job_id}/artifacts", response_model=list[Artifact], responses=_ERRORS)
-def job_artifacts(job_id: int, request: Request) -> list[Artifact]:
+def job_artifacts(job_id: JobId, request: Request) -> list[Artifact]:
     _job(request, job_id)
     return [Artifact(**a) for a in request.app.state.store.jobs.artifacts(job_id)]
 
 
 @router.get("/jobs/{job_id}/artifacts/{artifact_id}/file", response_class=FileResponse, responses=_ERRORS)
-def artifact_file(job_id: int, artifact_id: int, request: Request) -> FileResponse:
+def artifact_file(job_id: JobId, artifact_id: ArtifactId, request: Request) -> FileResponse:
     """The bytes of one file the job registered (a sample grid, an evaluation report), so that clients on other
     hosts can show it. Only that job's own artifacts, only inside the workspace: anything else is a 404. Folders
     (saved models) are not served: 409."""
@@ -233,8 +252,9 @@ def artifact_file(job_id: int, artifact_id: int, request: Request) -> FileRespon
 
 
 # the job process's side ---------------------------------------------------------------------------------------
-@router.post("/jobs/{job_id}/report", response_model=JobReportReply, responses=_ERRORS)
-def report(job_id: int, body: JobReport, request: Request) -> JobReportReply:
+@router.post("/jobs/{job_id}/report", response_model=JobReportReply, responses=_ERRORS,
+             dependencies=[Depends(require_engine)])
+def report(job_id: JobId, body: JobReport, request: Request) -> JobReportReply:
     """Progress, a batch of metrics and a heartbeat. 409 when this attempt is no longer the running one."""
     progress = (body.progress.done, body.progress.total, body.progress.message) if body.progress else None
     state = request.app.state.store.jobs.report(
@@ -243,8 +263,9 @@ def report(job_id: int, body: JobReport, request: Request) -> JobReportReply:
     return JobReportReply(state=state)
 
 
-@router.post("/jobs/{job_id}/finish", status_code=204, responses=_ERRORS)
-def finish(job_id: int, body: JobFinish, request: Request) -> None:
+@router.post("/jobs/{job_id}/finish", status_code=204, responses=_ERRORS,
+             dependencies=[Depends(require_engine)])
+def finish(job_id: JobId, body: JobFinish, request: Request) -> None:
     if body.state not in TERMINAL_STATES:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "state must be succeeded, failed or cancelled")
     request.app.state.store.jobs.finish(job_id, body.attempt, body.state.value, result=body.result,
@@ -253,23 +274,40 @@ def finish(job_id: int, body: JobFinish, request: Request) -> None:
         request.app.state.scheduler.wake()
 
 
-@router.post("/jobs/{job_id}/artifacts", response_model=Artifact, status_code=201, responses=_ERRORS)
-def add_artifact(job_id: int, body: ArtifactIn, request: Request) -> Artifact:
+@router.post("/jobs/{job_id}/artifacts", response_model=Artifact, status_code=201, responses=_ERRORS,
+             dependencies=[Depends(require_engine)])
+def add_artifact(job_id: JobId, body: ArtifactIn, request: Request) -> Artifact:
     """Register a file or folder (a saved model) the job wrote inside the workspace; the server hashes it."""
+    store = request.app.state.store
+    store.jobs.assert_running(job_id, body.attempt)  # before any disk work: hashing a folder can take a while
     workspace = request.app.state.settings.workspace.resolve()
-    path = (workspace / body.path).resolve()
-    if not path.is_relative_to(workspace):
+    try:
+        path = (workspace / body.path).resolve()
+        inside = path.is_relative_to(workspace)
+        exists = inside and path.exists()
+    except (OSError, ValueError) as e:  # a NUL byte, a name too long for the file system
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{body.path!r} is not a usable path: {e}") from None
+    if not inside:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{body.path} is outside the workspace")
-    if not path.exists():
+    if not exists:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{body.path} does not exist")
-    digest, size = sha256_path(path)
-    artifact_id = request.app.state.store.jobs.add_artifact(
-        job_id, body.attempt, body.kind, path.relative_to(workspace).as_posix(), digest, size)
-    return next(Artifact(**a) for a in request.app.state.store.jobs.artifacts(job_id) if a["id"] == artifact_id)
+    # The workspace itself, or the server's own files at its top (the database, the API token), would be served to
+    # every signed-in user as the artifact's file.
+    if path == workspace or (path.parent == workspace and path.is_file()):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{body.path!r}: an artifact is a file or folder "
+                            "the job wrote inside the workspace, not the workspace or one of the server's own files")
+    try:
+        digest, size = sha256_path(path)
+    except OSError as e:  # a file the job is still changing (deleted between listing and reading)
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"cannot read {body.path}: {e}") from None
+    artifact_id = store.jobs.add_artifact(job_id, body.attempt, body.kind, path.relative_to(workspace).as_posix(),
+                                          digest, size)
+    return next(Artifact(**a) for a in store.jobs.artifacts(job_id) if a["id"] == artifact_id)
 
 
-@router.post("/jobs/{job_id}/synthetic", response_model=SyntheticBatchResult, status_code=201, responses=_ERRORS)
-def add_synthetic(job_id: int, body: SyntheticBatchIn, request: Request) -> SyntheticBatchResult:
+@router.post("/jobs/{job_id}/synthetic", response_model=SyntheticBatchResult, status_code=201, responses=_ERRORS,
+             dependencies=[Depends(require_engine)])
+def add_synthetic(job_id: JobId, body: SyntheticBatchIn, request: Request) -> SyntheticBatchResult:
     """Generated images with their provenance, stored as synthetic images pending review (all or none)."""
     store, settings = request.app.state.store, request.app.state.settings
     store.jobs.assert_running(job_id, body.attempt)
@@ -286,8 +324,9 @@ def add_synthetic(job_id: int, body: SyntheticBatchIn, request: Request) -> Synt
     return SyntheticBatchResult(ids=[r["id"] for r in result.rows])
 
 
-@router.post("/jobs/{job_id}/scores", status_code=204, responses=_ERRORS)
-def add_scores(job_id: int, body: ScoresIn, request: Request) -> None:
+@router.post("/jobs/{job_id}/scores", status_code=204, responses=_ERRORS,
+             dependencies=[Depends(require_engine)])
+def add_scores(job_id: JobId, body: ScoresIn, request: Request) -> None:
     """Named numbers per image (intended-class probability, nearest-real distance …); replaces earlier ones."""
     store = request.app.state.store
     store.jobs.assert_running(job_id, body.attempt)

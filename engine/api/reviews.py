@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from engine.api.auth import Principal, require_admin, require_reviewer
 from engine.data.labels import CLASSES
 from engine.schemas import (
+    MAX_BIGINT,
     Agreement,
     Problem,
     ReviewEvent,
@@ -22,10 +23,14 @@ from engine.schemas import (
     ReviewSort,
 )
 from engine.store.reviews import DECISIONS
+from engine.store.users import USER_NAME
 
 router = APIRouter(tags=["review"])
 _LABEL = r"^(akiec|bcc|bkl|df|mel|nv|vasc)$"
 _ERRORS = {409: {"model": Problem}, 422: {"model": Problem}}
+# Only signed-in users decide, so a reviewer filter is a user name: anything else is a mistake to point out, not a
+# filter that quietly matches nothing.
+_REVIEWER = USER_NAME.pattern
 
 
 @router.get("/reviews/queue", response_model=ReviewPage)
@@ -33,18 +38,19 @@ def queue(
     request: Request,
     label: Annotated[str | None, Query(pattern=_LABEL)] = None,
     status: Annotated[str | None, Query(pattern=r"^(pending|accepted|rejected)$")] = None,
-    generation_job: Annotated[int | None, Query(ge=1)] = None,
+    generation_job: Annotated[int | None, Query(ge=1, le=MAX_BIGINT)] = None,
     min_intended: Annotated[float | None, Query(ge=0, le=1)] = None,
     max_intended: Annotated[float | None, Query(ge=0, le=1)] = None,
     min_nearest: Annotated[float | None, Query(ge=0)] = None,
     max_nearest: Annotated[float | None, Query(ge=0)] = None,
-    dup_group: Annotated[int | None, Query(ge=-1)] = None,
+    dup_group: Annotated[int | None, Query(ge=-1, le=MAX_BIGINT)] = None,
     near_copy: bool | None = None,
-    reviewer: Annotated[str | None, Query(max_length=64, description="Images this reviewer has decided.")] = None,
+    reviewer: Annotated[str | None, Query(pattern=_REVIEWER, description="Images this reviewer (a user name) has "
+                                                                         "decided.")] = None,
     mine: Annotated[bool, Query(description="Only images the caller has not decided: their own queue.")] = False,
     sort: ReviewSort = "oldest",
     limit: Annotated[int, Query(ge=1, le=500)] = 48,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
 ) -> ReviewPage:
     """Synthetic images with review state under the policy in force, their scores, and the caller's own decision."""
     principal: Principal = request.state.principal
@@ -64,7 +70,7 @@ def decide(body: ReviewIn, request: Request, principal: Principal = Depends(requ
 
 
 @router.post("/reviews/{seq}/undo", response_model=ReviewEvent, status_code=201, responses=_ERRORS)
-def undo(seq: Annotated[int, Path(ge=1)], request: Request,
+def undo(seq: Annotated[int, Path(ge=1, le=MAX_BIGINT)], request: Request,
          principal: Principal = Depends(require_reviewer)) -> ReviewEvent:
     """Take back one of your own current decisions: a new 'undo' event; nothing is deleted."""
     return ReviewEvent(**request.app.state.store.reviews.undo(seq, principal.name))
@@ -73,13 +79,13 @@ def undo(seq: Annotated[int, Path(ge=1)], request: Request,
 @router.get("/reviews", response_model=ReviewHistory)
 def history(
     request: Request,
-    reviewer: Annotated[str | None, Query(max_length=64)] = None,
+    reviewer: Annotated[str | None, Query(pattern=_REVIEWER, description="A reviewer's user name.")] = None,
     label: Annotated[str | None, Query(pattern=_LABEL)] = None,
     image_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
 ) -> ReviewHistory:
     """Every decision event, newest first; undone decisions stay, marked with the undo that took them back."""
     total, rows = request.app.state.store.reviews.history(reviewer=reviewer, label=label, image_id=image_id,

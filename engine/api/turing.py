@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 from engine.api.auth import Principal, require_admin, require_reviewer, require_token
 from engine.data.images import ImageStore
 from engine.schemas import (
+    MAX_BIGINT,
     Problem,
     TuringAnswer,
     TuringAnswerIn,
@@ -31,7 +32,7 @@ from engine.schemas import (
 )
 
 router = APIRouter(tags=["turing test"])
-SessionId = Annotated[int, Path(ge=1, description="Turing test session id.")]
+SessionId = Annotated[int, Path(ge=1, le=MAX_BIGINT, description="Turing test session id.")]
 _ERRORS = {404: {"model": Problem}, 409: {"model": Problem}, 422: {"model": Problem}}
 
 

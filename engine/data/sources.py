@@ -63,15 +63,23 @@ def _check_columns(found: list[str] | None, required: Iterable[str], where: Path
 def _read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """CSV, or the tab-separated `.tab` that Harvard Dataverse serves. Returns (header, rows)."""
     delimiter = "\t" if path.suffix.lower() in {".tab", ".tsv"} else ","
+    rows, too_long = [], []
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f, delimiter=delimiter)
-            rows = list(reader)
+            for row in reader:
+                if None in row:  # more fields than the header has columns: DictReader files them under None
+                    too_long.append(f"line {reader.line_num}: {len(row[None]) + len(reader.fieldnames or [])} "
+                                    f"fields, but the header has {len(reader.fieldnames or [])} columns")
+                rows.append(row)
             header = [h.strip().strip('"') for h in (reader.fieldnames or [])]
     except UnicodeDecodeError:
         raise SourceError(f"{path.name}: not a text table (it is not UTF-8)") from None
     except csv.Error as e:
         raise SourceError(f"{path.name}: not a valid table: {e}") from None
+    if too_long:
+        raise SourceError(f"{path.name}: {len(too_long)} row(s) with more fields than the header (a stray "
+                          f"{delimiter!r} in a value?); nothing was imported", too_long)
     clean = [{(k or "").strip().strip('"'): (v or "").strip() for k, v in row.items()} for row in rows]
     return header, clean
 
@@ -212,9 +220,11 @@ def read_medmnist(path: Path) -> list[SourceRecord]:
     problems = []
     for split in SPLITS:
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"].reshape(-1)
-        if images.ndim not in (3, 4) or images.dtype != np.uint8 or len(images) != len(labels):
-            problems.append(f"{split}: expected uint8 images (N,H,W[,3]) and N labels, "
-                            f"got {images.dtype} {images.shape} and {labels.shape}")
+        # Exactly what makes a PNG: grey (H,W) or RGB (H,W,3) pixels, neither side empty.
+        pixels_ok = (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)) and 0 not in images.shape[1:3]
+        if not pixels_ok or images.dtype != np.uint8 or labels.dtype.kind not in "iu" or len(images) != len(labels):
+            problems.append(f"{split}: expected uint8 images (N,H,W[,3]) and N integer labels, "
+                            f"got {images.dtype} {images.shape} and {labels.dtype} {labels.shape}")
             continue
         for i, (pixels, y) in enumerate(zip(images, labels, strict=True)):
             if not 0 <= int(y) < len(CLASSES):
