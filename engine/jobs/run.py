@@ -7,6 +7,7 @@ rank 0 reports; the other ranks compute.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -54,7 +55,7 @@ def main(job_id: int) -> int:
         state, error = "cancelled", str(e)
     except Exception as e:
         traceback.print_exc()
-        state, error = "failed", f"{type(e).__name__}: {e}"
+        state, error = "failed", describe_failure(e)
     finally:
         if reporter:
             reporter.close()
@@ -74,6 +75,15 @@ def main(job_id: int) -> int:
         return EXIT_ORPHANED
     print(f"job {job.id} {state}" + (f": {error}" if error else ""), flush=True)
     return 0 if state == "succeeded" else 1
+
+
+def describe_failure(e: Exception) -> str:
+    """The job's error as its users read it: a full disk says what to do, anything else its type and message."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        where = f" writing {e.filename}" if e.filename else ""
+        return (f"disk full ({e.strerror}{where}). Free space on the workspace's disk, then Retry: the job resumes "
+                "from its last intact checkpoint (a half-written one is discarded, never used).")
+    return f"{type(e).__name__}: {e}"
 
 
 if __name__ == "__main__":

@@ -2,12 +2,16 @@
 
 Its result is the sum of the step numbers, carried across resumes in the checkpoint, so a run interrupted and
 resumed gives the same result as an uninterrupted one. `fail_at` raises at that step; `hang_at` stops showing
-life at that step (the heartbeat timeout must end it).
+life at that step (the heartbeat timeout must end it); `disk_full_at` runs out of disk space half-way through that
+step's checkpoint, as a full disk would, in the first attempt only (space is freed before a retry);
+`checkpoint_bytes` pads each checkpoint (to fill a real small disk).
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import time
 from pathlib import Path
 
@@ -23,6 +27,9 @@ class Params(BaseModel, extra="forbid"):
     step_seconds: float = Field(0.1, ge=0, le=3600)
     fail_at: int | None = Field(None, ge=1, description="Raise an error at this step.")
     hang_at: int | None = Field(None, ge=1, description="Hang (no heartbeat) at this step.")
+    disk_full_at: int | None = Field(None, ge=1, description="Fail with 'no space left' while checkpointing this "
+                                                             "step.")
+    checkpoint_bytes: int = Field(0, ge=0, le=256 * 1024 * 1024, description="Padding in each checkpoint.")
 
 
 def run(params: Params, ctx: JobContext) -> dict:
@@ -48,6 +55,11 @@ def run(params: Params, ctx: JobContext) -> dict:
 
         def write(folder: Path, state=(step, total)) -> None:
             (folder / "state.json").write_text(json.dumps({"step": state[0], "total": state[1]}))
+            if params.checkpoint_bytes:
+                (folder / "padding.bin").write_bytes(os.urandom(params.checkpoint_bytes))
+            if params.disk_full_at == state[0] and ctx.attempt == 1:
+                (folder / "weights.bin").write_bytes(b"\0" * 1024)  # half-written, then the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / "weights.bin"))
 
         ctx.save_checkpoint(step, write)
         ctx.log_metric("total", total, step)
