@@ -53,6 +53,7 @@ bench: install  ## benchmarks: print figures and ratios, assert nothing about ti
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/mae_speed.py
 	$(BIN)/python bench/review_speed.py
+	$(BIN)/python bench/review_load.py
 	$(BIN)/python bench/serve_latency.py
 
 clean:

@@ -174,7 +174,9 @@ class ReviewQueries:
         return self.events([new])[0]
 
     def events(self, seqs: list[int]) -> list[dict[str, Any]]:
-        return self.history(seqs=seqs, limit=len(seqs) or 1)[1]
+        """The events `seqs`, in that order (a bulk decision answers in the order of its image ids)."""
+        by_seq = {e["seq"]: e for e in self.history(seqs=seqs, limit=len(seqs) or 1)[1]}
+        return [by_seq[s] for s in seqs]
 
     def history(self, *, reviewer: str | None = None, label: str | None = None, image_id: str | None = None,
                 since: datetime | None = None, until: datetime | None = None, seqs: list[int] | None = None,

@@ -59,6 +59,12 @@ def test_a_bulk_decision_with_one_bad_id_records_nothing(store):
     assert reviews_table(store) == []
 
 
+def test_a_bulk_decision_answers_in_the_order_of_its_image_ids(store):
+    ids = [sid(12), sid(10), sid(11)]
+    events = store.reviews.decide(ids, "ann", "accept")
+    assert [e["image_id"] for e in events] == ids and [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+
+
 def test_undo_is_a_new_event_and_restores_the_previous_decision(store):
     first = store.reviews.decide([sid(10)], "ann", "accept")[0]
     second = store.reviews.decide([sid(10)], "ann", "reject", ["artifact"])[0]
