@@ -11,6 +11,7 @@ import io
 import shutil
 import tempfile
 import time
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,8 @@ from engine.schemas import (
     UserInfo,
 )
 from engine.settings import SYNTHETIC_UPLOAD_BYTES, Settings, api_token, api_url
+
+DECISION_RETRIES = 3  # a lost answer to a decision is retried after 0.5, 1 and 2 s (same request id)
 
 
 class ApiError(RuntimeError):
@@ -378,9 +381,19 @@ class Client:
 
     def decide(self, image_ids: list[str], decision: str, reasons: list[str] | None = None,
                note: str | None = None) -> list[ReviewEvent]:
-        body = ReviewIn(image_ids=image_ids, decision=decision, reasons=reasons or [], note=note)
-        return [ReviewEvent.model_validate(e)
-                for e in self._request("POST", "/reviews", json=body.model_dump(mode="json")).json()]
+        """Decide, retrying under the same request id when the answer is lost (the connection dropped, the server
+        restarted): the server records the decision once however often it arrives."""
+        body = ReviewIn(image_ids=image_ids, decision=decision, reasons=reasons or [], note=note,
+                        request_id=uuid.uuid4().hex)
+        for attempt in range(DECISION_RETRIES + 1):
+            try:
+                answer = self._request("POST", "/reviews", json=body.model_dump(mode="json"))
+                return [ReviewEvent.model_validate(e) for e in answer.json()]
+            except ServerNotFound:
+                if attempt == DECISION_RETRIES:
+                    raise
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def undo(self, seq: int) -> ReviewEvent:
         return ReviewEvent.model_validate(self._request("POST", f"/reviews/{seq}/undo").json())

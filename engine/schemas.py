@@ -416,6 +416,9 @@ class ReviewIn(BaseModel, extra="forbid"):
     decision: Decision
     reasons: list[Reason] = Field([], description="Needed for a rejection; 'other' needs a note.")
     note: str | None = Field(None, max_length=2000)
+    request_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{8,64}$",
+                                   description="A fresh id per decision (e.g. a UUID): sent again with a retry, the "
+                                               "decision is recorded once and its events are returned again.")
 
 
 class ReviewEvent(BaseModel):

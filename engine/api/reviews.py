@@ -63,9 +63,10 @@ def queue(
 
 @router.post("/reviews", response_model=list[ReviewEvent], status_code=201, responses=_ERRORS)
 def decide(body: ReviewIn, request: Request, principal: Principal = Depends(require_reviewer)) -> list[ReviewEvent]:
-    """One decision by the signed-in reviewer on each image (bulk), recorded as new events, all or none."""
+    """One decision by the signed-in reviewer on each image (bulk), recorded as new events, all or none. A retry
+    with the same `request_id` records nothing new and answers with the events of the first."""
     events = request.app.state.store.reviews.decide(body.image_ids, principal.name, body.decision, body.reasons,
-                                                    body.note)
+                                                    body.note, body.request_id)
     return [ReviewEvent(**e) for e in events]
 
 

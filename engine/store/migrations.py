@@ -214,6 +214,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             PRIMARY KEY (session_id, item_key, reviewer)
         );
     """),
+    (8, "review requests: a retried POST /reviews records its decisions once", """
+        -- a client's request id per bulk decision, and the events it made: the same id again returns them
+        CREATE TABLE review_requests (
+            request_id VARCHAR NOT NULL,
+            reviewer VARCHAR NOT NULL,
+            seqs BIGINT[] NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (reviewer, request_id)
+        );
+    """),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

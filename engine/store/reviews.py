@@ -112,9 +112,10 @@ class ReviewQueries:
 
     # -- decisions ----------------------------------------------------------------------------------------------
     def decide(self, image_ids: list[str], reviewer: str, decision: str, reasons: list[str] | None = None,
-               note: str | None = None) -> list[dict[str, Any]]:
+               note: str | None = None, request_id: str | None = None) -> list[dict[str, Any]]:
         """Record one decision by `reviewer` on each image, all or none. Rejections need a reason; "other" needs
-        a note. Returns the new events."""
+        a note. Returns the new events. With a `request_id` the reviewer used before, nothing new is recorded
+        and the events of that request are returned: a retry after a lost answer does not decide twice."""
         reasons = sorted(set(reasons or []))
         if decision not in DECISIONS:
             raise ReviewProblem(f"decision {decision!r}: choose one of {', '.join(DECISIONS)}")
@@ -130,6 +131,15 @@ class ReviewQueries:
         ids = list(dict.fromkeys(image_ids))
         now = utc_now()
         with self.db.transaction() as cur:
+            if request_id is not None:
+                done = cur.execute("SELECT seqs FROM review_requests WHERE reviewer = ? AND request_id = ?",
+                                   [reviewer, request_id]).fetchone()
+                if done:
+                    previous = self.events(list(done[0]))
+                    if [e["image_id"] for e in previous] != ids:
+                        raise ReviewConflict(f"request {request_id} was already used for other images: send a "
+                                             "new request id for a new decision")
+                    return previous
             cur.register("decided_ids", pa.table({"image_id": ids}))
             found = dict(cur.execute("SELECT i.id, i.source FROM images i JOIN decided_ids d ON d.image_id = i.id"
                                      ).fetchall())
@@ -149,6 +159,8 @@ class ReviewQueries:
                 "created_at": [now] * len(ids)}))
             cur.execute("INSERT INTO reviews BY NAME SELECT * FROM new_reviews")
             cur.unregister("new_reviews")
+            if request_id is not None:
+                cur.execute("INSERT INTO review_requests VALUES (?, ?, ?, ?)", [request_id, reviewer, seqs, now])
         return self.events(seqs)
 
     def undo(self, seq: int, reviewer: str) -> dict[str, Any]:

@@ -104,3 +104,39 @@ def test_a_page_of_thumbnails_comes_in_one_answer(server):
         with pytest.raises(ApiError) as e:
             client.thumbnails(bad)
         assert e.value.status_code == code
+
+
+class LosesFirstAnswer(httpx.HTTPTransport):
+    """Delivers the first request, then drops its answer, as a connection cut after the server committed does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.url.path == "/reviews" and not self.lost:
+            response.read()
+            self.lost += 1
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return response
+
+
+def test_a_decision_whose_answer_was_lost_is_retried_and_recorded_once(server):
+    client = server.signed_in("bob")
+    token = client.http.headers["Authorization"]
+    client.http._transport = transport = LosesFirstAnswer()  # the same signed-in client, a flaky network
+    image = server.ids["df"][5]
+
+    def bobs_events() -> list[int]:
+        return [e.seq for e in server.client().review_history(image_id=image, limit=100).items if e.reviewer == "bob"]
+
+    before = bobs_events()
+    events = client.decide([image], "reject", ["duplicate"])
+    assert transport.lost == 1 and len(events) == 1
+    assert bobs_events() == [events[0].seq, *before]  # once, though it reached the server twice
+    # the same request id sent again by hand: the same answer, nothing new
+    body = {"image_ids": [image], "decision": "accept", "reasons": [], "request_id": "manual-retry-1"}
+    first = httpx.post(f"{server.url}/reviews", json=body, headers={"Authorization": token}).json()
+    second = httpx.post(f"{server.url}/reviews", json=body, headers={"Authorization": token})
+    assert second.status_code == 201 and second.json() == first

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-APPEND_ONLY = ("reviews", "review_policy", "turing_answers")
+APPEND_ONLY = ("reviews", "review_requests", "review_policy", "turing_answers")
 CHANGES = (r"(UPDATE|DELETE\s+FROM|TRUNCATE(\s+TABLE)?|DROP\s+TABLE(\s+IF\s+EXISTS)?|ALTER\s+TABLE"
            r"|INSERT\s+OR\s+REPLACE\s+INTO)")
 

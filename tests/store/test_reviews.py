@@ -65,6 +65,17 @@ def test_a_bulk_decision_answers_in_the_order_of_its_image_ids(store):
     assert [e["image_id"] for e in events] == ids and [e["seq"] for e in events] == sorted(e["seq"] for e in events)
 
 
+def test_a_retried_request_is_recorded_once(store):
+    first = store.reviews.decide([sid(10), sid(11)], "ann", "accept", request_id="req-00000001")
+    again = store.reviews.decide([sid(10), sid(11)], "ann", "accept", request_id="req-00000001")
+    assert again == first and len(reviews_table(store)) == 2
+    with pytest.raises(ReviewConflict, match="already used for other images"):
+        store.reviews.decide([sid(12)], "ann", "accept", request_id="req-00000001")
+    # the id is the reviewer's own: another reviewer's request with the same id is a decision of theirs
+    assert store.reviews.decide([sid(10)], "bob", "reject", ["artifact"], request_id="req-00000001")[0]["seq"] > 2
+    assert len(reviews_table(store)) == 3
+
+
 def test_undo_is_a_new_event_and_restores_the_previous_decision(store):
     first = store.reviews.decide([sid(10)], "ann", "accept")[0]
     second = store.reviews.decide([sid(10)], "ann", "reject", ["artifact"])[0]
