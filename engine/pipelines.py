@@ -14,14 +14,16 @@ ARM_FIGURES = {"macro_f1": "macro-F1", "balanced_accuracy": "balanced accuracy",
 
 
 def generator_chain(profile: Profile, preview: bool = False) -> PipelineSubmit:
-    """VAE, then the latent diffusion model, then the reference classifier, then generation (a score job follows).
+    """VAE (unless the profile diffuses pixels), then the diffusion model, then the reference classifier, then
+    generation (a score job follows).
     The reference comes after the diffusion model (one job runs at a time on a CPU) so that, with `preview`, the
     first images for review — made a tenth of the way through diffusion training — arrive as early as they can;
     they are scored once the reference exists. A first run (`dermae demo`) previews."""
     ldm = profile.params("train_ldm")
-    steps = [
-        PipelineStep(key="vae", kind="train_vae", params=profile.params("train_vae")),
-        PipelineStep(key="ldm", kind="train_ldm", after_keys=["vae"],
+    latent = not ldm.get("pixel_space", False)  # pixel-space diffusion needs no VAE
+    steps = [PipelineStep(key="vae", kind="train_vae", params=profile.params("train_vae"))] if latent else []
+    steps += [
+        PipelineStep(key="ldm", kind="train_ldm", after_keys=["vae"] if latent else [],
                      params=ldm | ({"preview_at": max(1, ldm.get("steps", 1) // 10)} if preview else {})),
         PipelineStep(key="reference", kind="train_reference", params=profile.params("train_reference")),
     ]

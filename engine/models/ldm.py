@@ -4,7 +4,11 @@
     UNet(noisy latents, t, class) --> predicted noise;  class index `num_classes` is the null class
     sample: DPM-Solver++ with classifier-free guidance, conditional and null passes in one forward
 
-Saved as a folder of diffusers parts (vae/, unet/, scheduler/) plus dermae_ldm.json; loads offline.
+Without a VAE (vae=None) the same model diffuses the pixels themselves: at DermaMNIST's 28-32 px that is cheap,
+and it keeps the saturated colours a small VAE loses (the tiny VAE decodes vasc's magenta as orange-brown).
+
+Saved as a folder of diffusers parts (vae/ unless pixel-space, unet/, scheduler/) plus dermae_ldm.json; loads
+offline.
 """
 
 from __future__ import annotations
@@ -84,10 +88,10 @@ def dpm_solver(config) -> DPMSolverMultistepScheduler:
 
 
 class LatentDiffusion(torch.nn.Module):
-    def __init__(self, vae: AutoencoderKL, unet: UNet2DModel, noise_scheduler: DDPMScheduler, num_classes: int,
-                 scaling_factor: float):
+    def __init__(self, vae: AutoencoderKL | None, unet: UNet2DModel, noise_scheduler: DDPMScheduler,
+                 num_classes: int, scaling_factor: float):
         super().__init__()
-        self.vae = vae.requires_grad_(False).eval()
+        self.vae = vae.requires_grad_(False).eval() if vae is not None else None  # None: pixel space
         self.unet = unet
         self.noise_scheduler = noise_scheduler
         self.num_classes = num_classes
@@ -96,17 +100,20 @@ class LatentDiffusion(torch.nn.Module):
 
     @property
     def image_size(self) -> int:
-        return int(self.vae.config.sample_size)
+        return int((self.vae or self.unet).config.sample_size)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> scaled latents (B, C, H/f, W/f)."""
+        """(B, 3, H, W) in [-1, 1] -> scaled latents (B, C, H/f, W/f); in pixel space, the images."""
+        if self.vae is None:
+            return images * self.scaling_factor
         return self.vae.encode(images).latent_dist.sample(generator) * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> uint8 images (B, 3, H, W)."""
-        images = self.vae.decode(latents / self.scaling_factor).sample
+        latents = latents / self.scaling_factor
+        images = latents if self.vae is None else self.vae.decode(latents).sample
         return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
     def training_loss(self, latents: torch.Tensor, labels: torch.Tensor, cond_dropout: float = 0.1,
@@ -158,7 +165,8 @@ class LatentDiffusion(torch.nn.Module):
 
     def save_pretrained(self, path: Path) -> None:
         path = Path(path)
-        self.vae.save_pretrained(path / "vae")
+        if self.vae is not None:
+            self.vae.save_pretrained(path / "vae")
         self.unet.save_pretrained(path / "unet")
         self.noise_scheduler.save_pretrained(path / "scheduler")
         (path / "dermae_ldm.json").write_text(json.dumps(
@@ -171,7 +179,8 @@ class LatentDiffusion(torch.nn.Module):
         if not meta_path.exists():
             raise FileNotFoundError(f"{path} is not a saved latent diffusion model (no dermae_ldm.json)")
         meta = json.loads(meta_path.read_text())
-        vae = AutoencoderKL.from_pretrained(path / "vae", local_files_only=True)
+        pixel_space = not (path / "vae").exists()
+        vae = None if pixel_space else AutoencoderKL.from_pretrained(path / "vae", local_files_only=True)
         unet = UNet2DModel.from_pretrained(path / "unet", local_files_only=True)
         scheduler = DDPMScheduler.from_pretrained(path / "scheduler", local_files_only=True)
         return cls(vae, unet, scheduler, meta["num_classes"], meta["scaling_factor"])

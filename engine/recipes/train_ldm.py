@@ -1,4 +1,5 @@
-"""train_ldm: the class-conditional denoiser on the VAE's latents (diffusers UNet2DModel + class embedding).
+"""train_ldm: the class-conditional denoiser on the VAE's latents (diffusers UNet2DModel + class embedding), or
+with `pixel_space` on the images themselves, without a VAE (no VAE job upstream).
 
 The train split is encoded once; each step draws a class-balanced batch (rare classes are what we generate, so
 they must be learned as well as nv), flips/rotates the latents, drops ~10% of labels to the null class for
@@ -21,6 +22,9 @@ KIND = "train_ldm"
 
 class Params(BaseModel, extra="forbid"):
     vae: str | None = Field(None, description="VAE folder; default: the upstream train_vae job's.")
+    pixel_space: bool = Field(False, description="Diffuse the pixels (no VAE): cheap at 28-32 px, and it keeps "
+                                                 "saturated colours a small VAE loses (vasc's magenta).")
+    image_size: int = Field(32, ge=8, le=256, description="Pixel space only (latent space: the VAE's size).")
     channels: list[int] = Field([64, 128, 128], min_length=1, max_length=5)
     attention: list[bool] = Field([False, True, True], description="Self-attention per level.")
     layers_per_block: int = Field(2, ge=1, le=4)
@@ -61,16 +65,21 @@ def run(params: Params, ctx: JobContext) -> dict:
     accelerator = Accelerator(mixed_precision="bf16" if params.mixed_precision else "no")
     dev = accelerator.device
     torch.manual_seed(params.seed + accelerator.process_index)
-    vae_dir = artifact_path(ctx, "vae_model", params.vae, "train_vae")
-    vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).to(dev).eval()
-    size = int(vae.config.sample_size)
+    if params.pixel_space:
+        vae, size, scaling, source = None, params.image_size, 1.0, "pixels"
+    else:
+        vae_dir = artifact_path(ctx, "vae_model", params.vae, "train_vae")
+        vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).to(dev).eval()
+        size, scaling, source = int(vae.config.sample_size), float(vae.config.scaling_factor), str(vae_dir)
     images, labels, _ = real_split(ctx, "train", size)
     x = to_model_input(images)
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(x[i:i + 256].to(dev)).latent_dist.mean for i in range(0, len(x), 256)])
-    scaling = float(vae.config.scaling_factor)
-    latents = (latents * scaling).cpu()
-    ctx.log(f"{len(latents)} train latents {tuple(latents.shape[1:])} from {vae_dir}")
+    if vae is None:
+        latents = x
+    else:
+        with torch.no_grad():
+            latents = torch.cat([vae.encode(x[i:i + 256].to(dev)).latent_dist.mean for i in range(0, len(x), 256)])
+        latents = (latents * scaling).cpu()
+    ctx.log(f"{len(latents)} train latents {tuple(latents.shape[1:])} from {source}")
 
     unet = build_unet(UNetConfig(tuple(params.channels), params.layers_per_block, tuple(params.attention)),
                       latents.shape[-1], latents.shape[1], len(CLASSES)).to(dev)

@@ -1,5 +1,6 @@
 """The generator chain end to end on the phantom set with the smoke profile: real server, real job processes."""
 
+import dataclasses
 import json
 
 import pytest
@@ -121,3 +122,20 @@ def test_the_paper_path_fine_tunes_a_local_sd_folder_and_generates_from_it(chain
         "quotas": {"df": 2}, "steps": 2, "batch_size": 2}, after=[tuned.id]).id, timeout=300)
     assert generated.state == "succeeded", generated.error
     assert generated.result["generated"] == 2 and generated.result["model"].endswith(f"jobs/{tuned.id}/artifacts/ldm")
+
+
+def test_a_pixel_space_profile_trains_no_vae_and_generates_from_pixels(chain):
+    server, client, _ = chain
+    smoke = load_profile("smoke")
+    pixel = dataclasses.replace(smoke, jobs={**smoke.jobs, "train_ldm": {**smoke.jobs["train_ldm"], "pixel_space": True,
+                                                                         "image_size": 16}})
+    run = client.submit_pipeline(generator_chain(pixel))
+    jobs = {j.pipeline_key: client.wait_for_job(j.id, timeout=600) for j in run.jobs}
+    assert list(jobs) == ["ldm", "reference", "generate", "generate.score"]  # no VAE to train
+    assert {k: j.state.value for k, j in jobs.items()} == dict.fromkeys(jobs, "succeeded"), \
+        {k: j.error for k, j in jobs.items()}
+    model = load_generator(server.settings.workspace / next(
+        a.path for a in client.job_artifacts(jobs["ldm"].id) if a.kind == "ldm_model"))
+    assert model.vae is None and model.image_size == 16
+    made = [i for i in client.images(source="synthetic", limit=1000).items if i.generation_job == jobs["generate"].id]
+    assert len(made) == jobs["generate"].result["generated"] > 0 and {(i.width, i.height) for i in made} == {(16, 16)}

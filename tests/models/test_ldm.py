@@ -91,3 +91,19 @@ def test_sampling_starts_where_the_cosine_schedule_is_still_invertible():
         solver.set_timesteps(steps)
         first = int(solver.timesteps[0])
         assert first < 999 and scheduler.alphas_cumprod[first] > 1e-3
+
+
+def test_without_a_vae_the_model_diffuses_pixels_and_saves_no_vae(tmp_path):
+    torch.manual_seed(0)
+    unet = build_unet(UNetConfig((32, 32), 1, (False, True)), 16, 3, 7)
+    pixels = LatentDiffusion(None, unet, new_noise_scheduler(), 7, 1.0).eval()
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert torch.equal(pixels.encode(images), images) and pixels.image_size == 16
+    assert torch.isfinite(pixels.training_loss(images, torch.tensor([0, 6]), min_snr_gamma=5.0))
+    pixels.save_pretrained(tmp_path / "ldm")
+    assert {p.name for p in (tmp_path / "ldm").iterdir()} == {"unet", "scheduler", "dermae_ldm.json"}
+    loaded = load_generator(tmp_path / "ldm")
+    assert loaded.vae is None
+    a = pixels.sample(torch.tensor([1, 6]), 3.0, 3, seeds=[1, 2])
+    assert a.dtype == torch.uint8 and a.shape == (2, 3, 16, 16)
+    assert torch.equal(a, loaded.sample(torch.tensor([1, 6]), 3.0, 3, seeds=[1, 2]))
