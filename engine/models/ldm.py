@@ -100,7 +100,7 @@ class LatentDiffusion(torch.nn.Module):
 
     @property
     def image_size(self) -> int:
-        return int((self.vae or self.unet).config.sample_size)
+        return int((self.vae if self.vae is not None else self.unet).config.sample_size)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
