@@ -78,6 +78,8 @@ class SignInLimiter:
     in from one address: one person mistyping must not lock the others out; it stops spraying many accounts.
     In memory: a restart forgets, which only helps someone who can restart the server anyway."""
 
+    MAX_KEYS = 10_000
+
     def __init__(self, max_failures: int = 5, window: float = 300.0):
         self.max_failures = max_failures
         self.window = window
@@ -108,8 +110,13 @@ class SignInLimiter:
     def failed(self, name: str, address: str) -> None:
         now = time.monotonic()
         with self._lock:
+            if len(self._failures) >= self.MAX_KEYS:  # guesses at many made-up names must not grow memory
+                self._failures = {k: f for k, f in self._failures.items() if f and now - f[-1] < self.window}
             for key in self._limits(name, address):
-                self._failures.setdefault(key, deque()).append(now)
+                failures = self._failures.setdefault(key, deque())
+                failures.append(now)
+                while len(failures) > 10 * self.max_failures:  # more than the largest limit is never needed
+                    failures.popleft()
 
     def succeeded(self, name: str) -> None:
         """The account's count starts again; the address's does not (one known password must not reset it)."""

@@ -90,6 +90,25 @@ def test_sign_in_is_rate_limited_per_account_and_the_window_passes(tmp_path):
         server.stop()
 
 
+def test_the_sign_in_limiter_forgets_old_failures_and_stays_bounded(monkeypatch):
+    from engine.api import auth
+
+    clock = [1000.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: clock[0])
+    limiter = auth.SignInLimiter(max_failures=2, window=60)
+    limiter.failed("ann", "10.0.0.1")
+    limiter.failed("ann", "10.0.0.1")
+    assert limiter.retry_after("ann", "10.0.0.2") == 60  # the account is locked from anywhere
+    assert limiter.retry_after("bob", "10.0.0.1") == 0  # the address is not, yet (its limit is 10x)
+    clock[0] += 61
+    assert limiter.retry_after("ann", "10.0.0.1") == 0
+    monkeypatch.setattr(auth.SignInLimiter, "MAX_KEYS", 100)
+    for i in range(1000):  # a spray of made-up names, ten seconds apart
+        clock[0] += 10
+        limiter.failed(f"user{i}", "10.0.0.9")
+    assert len(limiter._failures) <= 100 + 2 and len(limiter._failures["address:10.0.0.9"]) <= 20
+
+
 def test_oversized_bodies_are_refused_unread_and_nothing_is_written(server):
     reviewer = server.signed_in("rita")
     before = len(reviewer.review_history(limit=1000).items)
