@@ -134,6 +134,22 @@ def _refuse_destination(dest: Path, workspace: Path) -> None:
                             "or overwrites another one)")
 
 
+@contextmanager
+def _built_in_place(dest: Path, building: Path, what: str, advice: str) -> Iterator[Path]:
+    """Fill the empty folder `building` (beside `dest`) in the block, then move it onto `dest` (missing, or an
+    empty folder): `dest` holds all of it or nothing. On any failure `building` is removed."""
+    try:
+        yield building
+        try:
+            os.replace(building, dest)
+        except OSError as e:
+            raise BackupProblem(f"could not move the {what} into {dest} ({e.strerror}): was something written "
+                                f"there meanwhile? {advice}") from None
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+
+
 def create_backup(settings: Settings, dest: Path, export_database: ExportDatabase,
                   progress: Progress = no_progress) -> BackupResult:
     """Back up the workspace into `dest` (new, or an empty folder). `export_database(folder)` writes the database
@@ -145,7 +161,7 @@ def create_backup(settings: Settings, dest: Path, export_database: ExportDatabas
         raise BackupProblem(f"no database at {settings.db_path}: nothing to back up (is --workspace right?)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))  # 0700: the token is in it
-    try:
+    with _built_in_place(dest, partial, "finished backup", "Back up into a new folder."):
         created_at = datetime.now(UTC)
         (partial / DATABASE_DIR).mkdir()
         export = export_database(partial / DATABASE_DIR)  # first: the files copied next hold every file it needs
@@ -169,14 +185,6 @@ def create_backup(settings: Settings, dest: Path, export_database: ExportDatabas
                     "schema_version": export.schema_version, "created_at": created_at.isoformat(),
                     "workspace": str(workspace), "counts": export.counts, "files": files}
         atomic_write_bytes(partial / MANIFEST, json.dumps(manifest, indent=1).encode())
-        try:
-            os.replace(partial, dest)  # onto a missing path or an empty folder: PATH holds all of it or nothing
-        except OSError as e:
-            raise BackupProblem(f"could not move the finished backup into {dest} ({e.strerror}): was something "
-                                "written there meanwhile? Back up into a new folder.") from None
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return BackupResult(dest, manifest, foreign_entries(workspace), vanished)
 
 
@@ -310,7 +318,7 @@ def restore_backup(source: Path, settings: Settings, progress: Progress = no_pro
     workspace.parent.mkdir(parents=True, exist_ok=True)
     building = workspace.parent / f".{workspace.name}.restoring-{secrets.token_hex(4)}"
     building.mkdir()
-    try:
+    with _built_in_place(workspace, building, "restored workspace", "Restore into a new folder."):
         db_path = building / settings.db_path.name
         counts = import_database(db_path, source / DATABASE_DIR)
         expected = manifest["counts"]
@@ -336,12 +344,4 @@ def restore_backup(source: Path, settings: Settings, progress: Progress = no_pro
             schema_version = store.schema_version
         finally:
             store.close()
-        try:
-            os.replace(building, workspace)  # onto a missing path or an empty folder
-        except OSError as e:
-            raise BackupProblem(f"could not move the restored workspace into {workspace} ({e.strerror}): was "
-                                "something written there meanwhile? Restore into a new folder.") from None
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
     return RestoreResult(workspace, manifest["schema_version"], schema_version, counts, len(files), warnings)
