@@ -173,6 +173,11 @@ class Problem(BaseModel):
     problems: list[str] = []
 
 
+def error_lines(errors: list[dict[str, Any]], unnamed: str = "") -> list[str]:
+    """pydantic's validation errors as "where: what" lines; `unnamed` stands for an error of the whole value."""
+    return [f"{'.'.join(map(str, err.get('loc', ()))) or unnamed}: {err.get('msg')}" for err in errors]
+
+
 # jobs ---------------------------------------------------------------------------------------------------------
 class JobState(StrEnum):
     queued = "queued"

@@ -16,6 +16,7 @@ from engine.api.body_limit import BodySizeLimit
 from engine.data.images import ImageProblem
 from engine.data.sources import SourceError
 from engine.jobs.scheduler import Scheduler
+from engine.schemas import error_lines
 from engine.settings import MAX_REQUEST_BYTES, Settings, server_api_token
 from engine.store import (
     JobConflict,
@@ -91,7 +92,7 @@ def create_app(settings: Settings, store: Store, scheduler: Scheduler | None = N
     @app.exception_handler(RequestValidationError)
     def _invalid_request(_: Request, e: RequestValidationError) -> JSONResponse:
         # One shape for every 4xx (Problem): `detail` a sentence, `problems` one line per field.
-        problems = [f"{'.'.join(str(part) for part in err.get('loc', ()))}: {err.get('msg')}" for err in e.errors()]
+        problems = error_lines(e.errors())
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         return JSONResponse({"detail": f"invalid request: {problems[0] if problems else 'unreadable'}{more}",
                              "problems": problems}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)

@@ -39,6 +39,7 @@ from engine.schemas import (
     ScoresIn,
     SyntheticBatchIn,
     SyntheticBatchResult,
+    error_lines,
     finite_or_none,
 )
 from engine.store import UnknownJob
@@ -68,7 +69,7 @@ def _validated(kind: str, params: dict) -> dict:
     try:
         valid = model.model_validate(params).model_dump(mode="json")
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'params'}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(error_lines(e.errors(), unnamed="params"))
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             f"invalid parameters for {kind}: {problems}") from None
     # JSON has no NaN or infinity, though Python reads them (lr=Infinity passes gt=0): stored, one would break
