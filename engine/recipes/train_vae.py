@@ -46,7 +46,8 @@ def run(params: Params, ctx: JobContext) -> dict:
     train_images, train_labels, _ = real_split(ctx, "train", params.image_size)
     x_train = to_model_input(train_images)
     weights = class_weights(train_labels, params.class_balance, len(CLASSES))
-    x_val = to_model_input(real_split(ctx, "val", params.image_size)[0])
+    val_images, val_labels, _ = real_split(ctx, "val", params.image_size)
+    x_val = to_model_input(val_images)
 
     if params.pretrained:
         vae = AutoencoderKL.from_pretrained(params.pretrained, local_files_only=True)
@@ -84,7 +85,14 @@ def run(params: Params, ctx: JobContext) -> dict:
     scaling = latent_scaling_factor(latents)
     vae.register_to_config(scaling_factor=scaling)
     ctx.log_metric("val/l1", val_l1, steps)
-    ctx.log(f"val L1 {val_l1:.4f}; latents {tuple(latents.shape[1:])}, scaling factor {scaling:.4f}")
+    # Per class: a rare class's colours are what a small VAE loses first, and the mean hides it.
+    per_image = (recon - x_val).abs().mean(dim=(1, 2, 3))
+    val_l1_per_class = {c: round(per_image[torch.as_tensor(val_labels == k)].mean().item(), 4)
+                        for k, c in enumerate(CLASSES) if (val_labels == k).any()}
+    for name, value in val_l1_per_class.items():
+        ctx.log_metric(f"val/l1/{name}", value, steps)
+    ctx.log(f"val L1 {val_l1:.4f} (per class {val_l1_per_class}); latents {tuple(latents.shape[1:])}, "
+            f"scaling factor {scaling:.4f}")
 
     out = ctx.artifact_dir / "vae"
     vae.save_pretrained(out)
@@ -92,4 +100,5 @@ def run(params: Params, ctx: JobContext) -> dict:
     pair = torch.cat([x_val[:16], recon[:16].clamp(-1, 1)])
     grid = grid_png(((pair + 1) * 127.5).round().to(torch.uint8), 2, ctx.artifact_dir / "reconstructions.png")
     ctx.save_artifact(grid, "reconstructions")
-    return {"val_l1": val_l1, "scaling_factor": scaling, "latent_shape": list(latents.shape[1:])}
+    return {"val_l1": val_l1, "val_l1_per_class": val_l1_per_class, "scaling_factor": scaling,
+            "latent_shape": list(latents.shape[1:])}

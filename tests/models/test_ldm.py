@@ -37,6 +37,14 @@ def test_losses_are_finite_and_train_the_unet(model):
     model.unet.zero_grad()
 
 
+def test_vae_norms_keep_at_least_four_channels_per_group():
+    # One channel per group makes the last norm an instance norm that erases each image's colour amplitude.
+    vae = build_vae(VAEConfig((32, 64), 8), 32)
+    norms = [m for m in vae.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_channels // m.num_groups >= 4 for m in norms)
+    assert vae.decoder.conv_norm_out.num_groups == 8
+
+
 def test_min_snr_weighting_only_lowers_the_weight_of_easy_timesteps(model):
     latents = torch.randn(8, 4, 16, 16)
     labels = torch.arange(8) % 7
