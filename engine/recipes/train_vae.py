@@ -33,7 +33,6 @@ class Params(BaseModel, extra="forbid"):
 
 def run(params: Params, ctx: JobContext) -> dict:
     import torch
-    import torch.nn.functional as F
     from diffusers import AutoencoderKL
 
     from engine.data.augment import dihedral
@@ -81,14 +80,15 @@ def run(params: Params, ctx: JobContext) -> dict:
         latents = torch.cat([vae.encode(x_train[i:i + 256]).latent_dist.mean for i in range(0, len(x_train), 256)])
         recon = torch.cat([vae.decode(vae.encode(x_val[i:i + 256]).latent_dist.mean).sample
                            for i in range(0, len(x_val), 256)])
-    val_l1 = F.l1_loss(recon, x_val).item()
+    # Per image, then per class: a rare class's colours are what a small VAE loses first, and the mean hides it.
+    per_image = (recon - x_val).abs().mean(dim=(1, 2, 3))
+    val_l1 = per_image.mean().item()
     scaling = latent_scaling_factor(latents)
     vae.register_to_config(scaling_factor=scaling)
     ctx.log_metric("val/l1", val_l1, steps)
-    # Per class: a rare class's colours are what a small VAE loses first, and the mean hides it.
-    per_image = (recon - x_val).abs().mean(dim=(1, 2, 3))
-    val_l1_per_class = {c: round(per_image[torch.as_tensor(val_labels == k)].mean().item(), 4)
-                        for k, c in enumerate(CLASSES) if (val_labels == k).any()}
+    labels = torch.as_tensor(val_labels)
+    val_l1_per_class = {c: round(per_image[labels == k].mean().item(), 4)
+                        for k, c in enumerate(CLASSES) if (labels == k).any()}
     for name, value in val_l1_per_class.items():
         ctx.log_metric(f"val/l1/{name}", value, steps)
     ctx.log(f"val L1 {val_l1:.4f} (per class {val_l1_per_class}); latents {tuple(latents.shape[1:])}, "
