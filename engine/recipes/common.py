@@ -1,8 +1,9 @@
 """What several recipes share: reading the real data through the API, finding other jobs' artifacts,
-class-balanced sampling, EMA weights, and the device."""
+class-balanced sampling, the learning-rate schedule, checkpoints, and the device."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +65,11 @@ def save_state(ctx: JobContext, step: int, **state) -> None:
     """Checkpoint `state.pt`: objects with a state_dict() by their state, other values as they are."""
     saved = {k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in state.items()} | {"step": step}
     ctx.save_checkpoint(step, lambda folder: torch.save(saved, folder / "state.pt"))
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor at 0-based `step` of `total`: linear warm-up over `warmup` steps, then a cosine to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))

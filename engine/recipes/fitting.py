@@ -8,7 +8,6 @@ with a teacher, the loss is Hinton distillation at temperature T.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -69,7 +68,7 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
     from engine.data.tensors import to_model_input
     from engine.metrics import classification_report
     from engine.models.classifier import distillation_loss, save_classifier
-    from engine.recipes.common import class_weights, resume, save_state
+    from engine.recipes.common import class_weights, resume, save_state, warmup_cosine
 
     # One code path for CPU, one GPU, or many under `accelerate launch` (DDP: gradients averaged).
     accelerator = Accelerator()
@@ -90,12 +89,6 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
     for group in optimizer.param_groups:  # timm sets lr_scale per group for layer decay
         group.setdefault("lr_scale", 1.0)
 
-    def lr_at(step: int) -> float:
-        if step < params.warmup_steps:
-            return params.lr * (step + 1) / params.warmup_steps
-        progress = (step - params.warmup_steps) / max(1, params.steps - params.warmup_steps)
-        return params.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
     resumed = resume(ctx, model=model, optimizer=optimizer)
     start, best = resumed["step"], resumed.get("best", {"macro_f1": -1.0})
     out = ctx.artifact_dir / "classifier"
@@ -111,7 +104,7 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
     for step in range(start + 1, params.steps + 1):
         model.train()
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step - 1) * group["lr_scale"]
+            group["lr"] = params.lr * warmup_cosine(step - 1, params.steps, params.warmup_steps) * group["lr_scale"]
         idx = torch.multinomial(weights, params.batch_size, replacement=True, generator=generator)
         x = colour_jitter(dihedral(x_train_t[idx], generator), generator=generator).to(dev)
         labels = y_train_t[idx].to(dev)

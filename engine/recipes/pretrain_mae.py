@@ -33,15 +33,13 @@ class Params(BaseModel, extra="forbid"):
 
 
 def run(params: Params, ctx: JobContext) -> dict:
-    import math
-
     import torch
 
     from engine.data.augment import dihedral
     from engine.data.tensors import grid_png, load_array, to_model_input
     from engine.models.classifier import save_classifier
     from engine.models.mae import MaskedAutoencoder
-    from engine.recipes.common import resume, save_state
+    from engine.recipes.common import resume, save_state, warmup_cosine
     from engine.recipes.fitting import dataset_id
 
     torch.manual_seed(params.seed)
@@ -73,9 +71,8 @@ def run(params: Params, ctx: JobContext) -> dict:
 
     mae.train()
     for step in range(start + 1, params.steps + 1):
-        progress = max(0, step - params.warmup_steps) / max(1, params.steps - params.warmup_steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, step / max(1, params.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * progress))
+            group["lr"] = lr * warmup_cosine(step - 1, params.steps, params.warmup_steps)
         idx = torch.randint(0, len(x), (params.batch_size,), generator=generator)
         loss, _, _ = mae(dihedral(x[idx], generator), params.mask_ratio, generator)
         optimizer.zero_grad(set_to_none=True)
