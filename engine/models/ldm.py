@@ -2,7 +2,8 @@
 
     images (B, 3, H, W) in [-1, 1] --VAE encoder--> latents (B, C, H/f, W/f) * scaling_factor
     UNet(noisy latents, t, class) --> predicted noise;  class index `num_classes` is the null class
-    sample: DPM-Solver++ with classifier-free guidance, conditional and null passes in one forward
+    sample: DPM-Solver++ with classifier-free guidance, conditional and null passes in one forward; each step's
+            clean-latent estimate clipped to the per-channel range of the real latents (when the model has one)
 
 Without a VAE (vae=None) the same model diffuses the pixels themselves: at DermaMNIST's 28-32 px that is cheap,
 and it keeps the saturated colours a small VAE mutes (the tiny VAE decodes vasc's magenta as mauve).
@@ -17,6 +18,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
@@ -93,9 +95,30 @@ def dpm_solver(config) -> DPMSolverMultistepScheduler:
                                                    steps_offset=1)
 
 
+@dataclass(frozen=True)
+class LatentRange:
+    """Per-channel bounds of the real (scaled) latents: guided sampling clips its clean estimates to them."""
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    @classmethod
+    def of(cls, latents: torch.Tensor, quantile: float) -> LatentRange:
+        """The [quantile, 1 - quantile] range of each channel of latents (N, C, h, w), over all images and
+        positions."""
+        per_channel = latents.detach().float().transpose(0, 1).reshape(latents.shape[1], -1).cpu().numpy()
+        low, high = np.quantile(per_channel, [quantile, 1 - quantile], axis=1)
+        return cls(tuple(low.tolist()), tuple(high.tolist()))
+
+    def clip(self, latents: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, 1, 1)
+        low = torch.tensor(self.low, dtype=latents.dtype, device=latents.device).view(shape)
+        high = torch.tensor(self.high, dtype=latents.dtype, device=latents.device).view(shape)
+        return latents.clamp(low, high)
+
+
 class LatentDiffusion(torch.nn.Module):
     def __init__(self, vae: AutoencoderKL | None, unet: UNet2DModel, noise_scheduler: DDPMScheduler,
-                 num_classes: int, scaling_factor: float):
+                 num_classes: int, scaling_factor: float, latent_range: LatentRange | None = None):
         super().__init__()
         self.vae = vae.requires_grad_(False).eval() if vae is not None else None  # None: pixel space
         self.unet = unet
@@ -103,6 +126,7 @@ class LatentDiffusion(torch.nn.Module):
         self.num_classes = num_classes
         self.null_class = num_classes
         self.scaling_factor = scaling_factor
+        self.latent_range = latent_range  # None: sampling clips nothing
 
     @property
     def image_size(self) -> int:
@@ -149,7 +173,13 @@ class LatentDiffusion(torch.nn.Module):
         """uint8 images (B, 3, H, W) of classes `labels` (B,). One UNet forward per step covers both the
         conditional and the null-class pass (batch 2B). DPM-Solver++ is deterministic, so an image is fixed by
         its starting noise: with `seeds`, image i starts from noise seeded by seeds[i] and can be regenerated
-        alone from (model, class, seed, guidance, steps)."""
+        alone from (model, class, seed, guidance, steps).
+
+        With a latent range, the clean latents each step implies are clipped to it — Imagen's static thresholding,
+        with the real latents' per-channel range in place of pixels' [-1, 1] (its dynamic version rescales by a
+        quantile, which suits pixels, not latents: on the tiny model it wrecked every sample). Strong guidance
+        extrapolates past every real latent, and this VAE decodes such latents as colours no lesion has: vasc at
+        guidance 10 came out teal; clipped at the 1% quantiles, purple, with FD to real vasc 16 instead of 24."""
         scheduler = dpm_solver(self.noise_scheduler.config)
         scheduler.set_timesteps(num_inference_steps)
         cfg = self.unet.config
@@ -166,8 +196,18 @@ class LatentDiffusion(torch.nn.Module):
         for t in scheduler.timesteps:
             eps = self.unet(torch.cat([latents, latents]), t, class_labels=both).sample
             cond, uncond = eps.chunk(2)
-            latents = scheduler.step(uncond + guidance_scale * (cond - uncond), t, latents).prev_sample
+            eps = uncond + guidance_scale * (cond - uncond)
+            if self.latent_range is not None:
+                eps = self._clip_clean_estimate(latents, eps, scheduler.alphas_cumprod[t])
+            latents = scheduler.step(eps, t, latents).prev_sample
         return self.decode(latents)
+
+    def _clip_clean_estimate(self, latents: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+        """The noise that, from latents at a step with cumulative alpha alpha_bar, implies the clipped clean
+        estimate: x0 = (x - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar), clipped, solved back for eps."""
+        alpha, sigma = alpha_bar.sqrt().to(latents), (1 - alpha_bar).sqrt().to(latents)
+        clean = self.latent_range.clip((latents - sigma * eps) / alpha)
+        return (latents - alpha * clean) / sigma
 
     def save_pretrained(self, path: Path) -> None:
         path = Path(path)
@@ -176,7 +216,8 @@ class LatentDiffusion(torch.nn.Module):
         self.unet.save_pretrained(path / "unet")
         self.noise_scheduler.save_pretrained(path / "scheduler")
         (path / "dermae_ldm.json").write_text(json.dumps(
-            {"num_classes": self.num_classes, "scaling_factor": self.scaling_factor}))
+            {"num_classes": self.num_classes, "scaling_factor": self.scaling_factor,
+             "latent_range": asdict(self.latent_range) if self.latent_range is not None else None}))
 
     @classmethod
     def from_pretrained(cls, path: Path) -> LatentDiffusion:
@@ -189,7 +230,9 @@ class LatentDiffusion(torch.nn.Module):
         vae = None if pixel_space else AutoencoderKL.from_pretrained(path / "vae", local_files_only=True)
         unet = UNet2DModel.from_pretrained(path / "unet", local_files_only=True)
         scheduler = DDPMScheduler.from_pretrained(path / "scheduler", local_files_only=True)
-        return cls(vae, unet, scheduler, meta["num_classes"], meta["scaling_factor"])
+        bounds = meta.get("latent_range")  # absent from models saved before sampling clipped
+        latent_range = LatentRange(tuple(bounds["low"]), tuple(bounds["high"])) if bounds else None
+        return cls(vae, unet, scheduler, meta["num_classes"], meta["scaling_factor"], latent_range)
 
 
 def latent_scaling_factor(latents: torch.Tensor) -> float:

@@ -41,6 +41,9 @@ class Params(BaseModel, extra="forbid"):
     grid_every: int = Field(2000, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
     grid_guidance: float = 3.0
+    clip_quantile: float | None = Field(0.01, gt=0, lt=0.5, description="Sampling clips each step's clean-latent "
+                                        "estimate to this quantile range of the train latents, per channel; "
+                                        "None: no clipping.")
     preview_at: int | None = Field(None, ge=1, description="At this step, store preview_per_class images of each "
                                                            "class short of the largest one, pending review.")
     preview_per_class: int = Field(8, ge=1, le=256)
@@ -56,7 +59,7 @@ def run(params: Params, ctx: JobContext) -> dict:
     from engine.data.augment import dihedral
     from engine.data.labels import CLASSES
     from engine.data.tensors import grid_png, to_model_input
-    from engine.models.ldm import LatentDiffusion, UNetConfig, build_unet, new_noise_scheduler
+    from engine.models.ldm import LatentDiffusion, LatentRange, UNetConfig, build_unet, new_noise_scheduler
     from engine.recipes.common import artifact_path, class_weights, real_split, resume, save_state
 
     if len(params.attention) != len(params.channels):
@@ -83,7 +86,8 @@ def run(params: Params, ctx: JobContext) -> dict:
 
     unet = build_unet(UNetConfig(tuple(params.channels), params.layers_per_block, tuple(params.attention)),
                       latents.shape[-1], latents.shape[1], len(CLASSES)).to(dev)
-    model = LatentDiffusion(vae, unet, new_noise_scheduler(), len(CLASSES), scaling)
+    latent_range = LatentRange.of(latents, params.clip_quantile) if params.clip_quantile else None
+    model = LatentDiffusion(vae, unet, new_noise_scheduler(), len(CLASSES), scaling, latent_range)
     ema = EMAModel(unet.parameters(), decay=params.ema_decay, use_ema_warmup=True, power=3 / 4)
     optimizer = torch.optim.AdamW(unet.parameters(), params.lr, weight_decay=0.0)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, params.warmup_steps)))

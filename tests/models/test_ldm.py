@@ -5,6 +5,7 @@ import torch
 
 from engine.models.ldm import (
     LatentDiffusion,
+    LatentRange,
     UNetConfig,
     VAEConfig,
     build_unet,
@@ -88,6 +89,36 @@ def test_saved_folder_loads_offline_and_samples_the_same(model, tmp_path):
     assert torch.equal(a, b)
     with pytest.raises(FileNotFoundError, match="not a saved latent diffusion model"):
         load_generator(tmp_path)
+
+
+def test_latent_range_is_per_channel_and_clips_to_it():
+    latents = torch.randn(200, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    latents[:, 1] = latents[:, 1] * 3 + 5
+    full = LatentRange.of(latents, 0.0)
+    assert full.low == pytest.approx([float(latents[:, c].min()) for c in (0, 1)])
+    assert full.high == pytest.approx([float(latents[:, c].max()) for c in (0, 1)])
+    inner = LatentRange.of(latents, 0.05)
+    assert full.low[1] < inner.low[1] < 5 < inner.high[1] < full.high[1]
+    clipped = inner.clip(latents * 10)
+    assert [float(clipped[:, c].min()) for c in (0, 1)] == pytest.approx(inner.low)
+    assert [float(clipped[:, c].max()) for c in (0, 1)] == pytest.approx(inner.high)
+
+
+def test_guided_sampling_clips_each_clean_estimate_and_the_range_is_saved(model, tmp_path):
+    labels, seeds = torch.tensor([0, 3, 6]), [1, 2, 3]
+    free = model.sample(labels, 10.0, 4, seeds=seeds)
+    model.latent_range = LatentRange((0.0,) * 4, (0.0,) * 4)  # every clean estimate pinned to zero
+    try:
+        pinned = model.sample(labels, 10.0, 4, seeds=seeds)
+        model.save_pretrained(tmp_path / "ldm")
+    finally:
+        model.latent_range = None
+    assert (free[0].int() - free[1].int()).abs().max() > 10  # unclipped, the seeds make different images
+    # pinned, every step heads for the same clean latents and the last one lands there, whatever the seed
+    assert (pinned[0].int() - pinned[1].int()).abs().max() <= 1 and (pinned[0].int() - pinned[2].int()).abs().max() <= 1
+    loaded = load_generator(tmp_path / "ldm")
+    assert loaded.latent_range == LatentRange((0.0,) * 4, (0.0,) * 4)
+    assert torch.equal(loaded.sample(labels, 10.0, 4, seeds=seeds), pinned)
 
 
 def test_sampling_starts_where_the_cosine_schedule_is_still_invertible():
