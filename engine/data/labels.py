@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated, TypeVar
+
+from pydantic import AfterValidator
+
 CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 
 CLASS_NAMES: dict[str, str] = {
@@ -46,3 +50,21 @@ def normalise_label(value: str) -> str:
         return _ALIASES[key]
     except KeyError:
         raise UnknownLabel(f"unknown label {value!r}; expected one of {', '.join(CLASSES)}") from None
+
+
+V = TypeVar("V")
+
+
+def _by_class(value: dict[str, V]) -> dict[str, V]:
+    """Keys in any accepted spelling -> names in CLASSES. A typo must not silently drop a class's entry."""
+    by_class: dict[str, V] = {}
+    for key, item in value.items():
+        cls = normalise_label(key)
+        if cls in by_class:
+            raise ValueError(f"class {cls!r} is given twice (as {key!r} too)")
+        by_class[cls] = item
+    return by_class
+
+
+PerClass = Annotated[dict[str, V], AfterValidator(_by_class)]
+"""A pydantic field type: a value per class, keyed by class names in any accepted spelling, e.g. PerClass[int]."""

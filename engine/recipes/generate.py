@@ -15,10 +15,11 @@ A score job runs after every generate job.
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, NonNegativeInt
 
+from engine.data.labels import PerClass
 from engine.data.planner import TargetRule
 from engine.jobs.context import JobContext, Stopped
 
@@ -30,13 +31,16 @@ class Params(BaseModel, extra="forbid"):
     model: str | None = Field(None, description="Latent diffusion folder; default: upstream/latest train_ldm's.")
     rule: TargetRule = Field(TargetRule.fixed, description="Target per class: majority, fixed or explicit.")
     target: int | None = Field(600, ge=0, description="For the fixed rule: images per class in all.")
-    counts: dict[str, int] | None = Field(None, description="For the explicit rule: target per class.")
+    counts: PerClass[NonNegativeInt] | None = Field(None, description="For the explicit rule: target per class.")
     cap_per_class: int | None = Field(None, ge=0, description="At most this many new images per class.")
-    quotas: dict[str, int] | None = Field(None, description="Exact numbers to generate, bypassing the planner.")
+    quotas: PerClass[NonNegativeInt] | None = Field(None, description="Exact numbers to generate, bypassing the "
+                                                                      "planner.")
     guidance: float = Field(3.0, ge=0, le=20)
     steps: int = Field(25, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=1024)
     oversample: float = Field(1.0, ge=1, le=10, description="Candidates per kept image (rejection sampling).")
+    class_oversample: PerClass[Annotated[float, Field(ge=1, le=10)]] | None = Field(
+        None, description="Oversample for these classes instead, e.g. where few plain samples carry the class.")
     reference: str | None = Field(None, description="Reference classifier folder for oversampling.")
     select_by: Literal["intended_x_realism", "intended"] = Field(
         "intended_x_realism", description="How oversampling ranks candidates: intended-class probability weighted "
@@ -62,8 +66,9 @@ def run(params: Params, ctx: JobContext) -> dict:
 
     model_dir = artifact_path(ctx, "ldm_model", params.model, "train_ldm")
     model = load_generator(model_dir).to(device()).eval()
+    oversample = {c: (params.class_oversample or {}).get(c, params.oversample) for c in CLASSES}
     reference, real_features = None, {}
-    if params.oversample > 1:
+    if max(oversample.values()) > 1:
         reference, meta = load_reference(artifact_path(ctx, "reference_classifier", params.reference,
                                                        "train_reference"))
         if params.select_by == "intended_x_realism":
@@ -97,7 +102,7 @@ def run(params: Params, ctx: JobContext) -> dict:
                 raise RuntimeError(f"20 batches of {cls} added no new image: the generator keeps remaking images "
                                    "already in the store (a collapsed model?)")
             keep = min(params.batch_size, quotas[cls] - done[cls])
-            n = math.ceil(keep * params.oversample)
+            n = math.ceil(keep * oversample[cls])
             first = base + k * 10_000_000 + state["candidates"][cls]
             seeds = list(range(first, first + n))
             labels = torch.full((n,), k, dtype=torch.long)
@@ -123,5 +128,5 @@ def run(params: Params, ctx: JobContext) -> dict:
                 raise Stopped(f"stopped after {sum(done.values())} of {total} images")
     kept = sum(done.values())
     candidates = sum(state["candidates"].values())
-    return {"quotas": quotas, "generated": kept, "candidates": candidates,
+    return {"quotas": quotas, "generated": kept, "candidates": candidates, "candidates_per_class": state["candidates"],
             "kept_fraction": round(kept / candidates, 4) if candidates else None, "model": str(model_dir)}

@@ -6,6 +6,7 @@ import json
 import pytest
 from PIL import Image
 
+from engine.client import ApiError
 from engine.data.labels import CLASSES
 from engine.models.ldm import load_generator
 from engine.pipelines import generator_chain
@@ -80,6 +81,21 @@ def test_a_second_job_remaking_the_same_images_still_fills_its_quota_with_new_on
     assert client.wait_for_job(score.id, timeout=300).state == "succeeded"  # the next tests see every image scored
 
 
+def test_per_class_settings_take_any_spelling_of_a_class_and_refuse_unknown_ones(chain):
+    _, client, _ = chain
+    with pytest.raises(ApiError, match="unknown label 'vasx'") as info:
+        client.submit_job("generate", {"quotas": {"vasx": 3}})  # a typo must not quietly generate nothing
+    assert info.value.status_code == 422
+    job = client.submit_job("generate", {"quotas": {"Dermatofibroma": 2, "vasc": 2}, "oversample": 1.0,
+                                         "class_oversample": {"VASC": 3.0}, "steps": 2, "guidance": 3.0})
+    assert job.params["quotas"] == {"df": 2, "vasc": 2} and job.params["class_oversample"] == {"vasc": 3.0}
+    done = client.wait_for_job(job.id, timeout=300)
+    assert done.state == "succeeded", done.error
+    assert done.result["candidates_per_class"] == {**dict.fromkeys(CLASSES, 0), "df": 2, "vasc": 6}
+    score = next(j for j in client.jobs(kind="score").items if j.after == [job.id])
+    assert client.wait_for_job(score.id, timeout=300).state == "succeeded"  # the next tests see every image scored
+
+
 def test_every_synthetic_image_is_scored(chain):
     server, client, jobs = chain
     ids = [i.id for i in client.images(source="synthetic", limit=1000).items]
@@ -107,6 +123,7 @@ def test_models_and_grids_are_artifacts_that_load_offline(chain):
     assert {"ldm_model", "sample_grid"} <= set(kinds)
     model = load_generator(server.settings.workspace / kinds["ldm_model"].path)
     assert model.num_classes == len(CLASSES)
+    assert len(model.latent_range.low) == model.unet.config.in_channels  # guided sampling clips to it
     assert "reconstructions" in {a.kind for a in client.job_artifacts(jobs["vae"].id)}
     series = {m.name for m in client.job_metrics(jobs["ldm"].id)}
     assert "train/loss" in series
