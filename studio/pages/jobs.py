@@ -73,8 +73,11 @@ if may_start:
                                             key="jobs_generate_guidance")
             steps = cols[2].number_input("Sampling steps", 1, 1000, int(params.get("steps", 25)),
                                          key="jobs_generate_steps")
+            per_class = params.get("class_oversample") or {}
             oversample = cols[3].number_input("Candidates per kept image", 1.0, 10.0,
-                                              float(params.get("oversample", 1.0)), 0.5, key="jobs_generate_over")
+                                              float(params.get("oversample", 1.0)), 0.5, key="jobs_generate_over",
+                                              help="The profile sets some classes apart: " + ", ".join(
+                                                  f"{c} {v:g}" for c, v in per_class.items()) if per_class else None)
             if st.button("Queue generation", type="primary", key="jobs_start_generate"):
                 job = api.call(client.submit_job, "generate", params | {
                     "rule": "fixed", "target": int(target), "guidance": float(guidance), "steps": int(steps),

@@ -70,6 +70,21 @@ def test_jobs_page_starts_a_train_chain_with_the_profiles_defaults(server, app, 
             client.cancel_job(job.id)
 
 
+def test_jobs_page_queues_generation_with_the_profiles_per_class_oversampling(server, app, monkeypatch):
+    client = server.client()
+    monkeypatch.setenv("DERMAE_PROFILE", "tiny")
+    at = app("ada", "pages/jobs.py")
+    over = at.number_input(key="jobs_generate_over")
+    assert over.value == 4.0 and "vasc 8" in over.help  # the form says which classes the profile sets apart
+    at.number_input(key="jobs_generate_target").set_value(200)
+    at.button(key="jobs_start_generate").click().run()
+    assert not at.exception, at.exception
+    job = max(client.jobs(kind="generate").items, key=lambda j: j.id)
+    assert job.params["target"] == 200 and job.params["class_oversample"] == {"vasc": 8.0}
+    with contextlib.suppress(ApiError):  # not needed further; it may have failed already (no model here)
+        client.cancel_job(job.id)
+
+
 def test_jobs_page_cancels_and_retries_the_selected_job(server, app):
     client = server.client()
     job = client.submit_job("selftest", {"steps": 10**6, "step_seconds": 0.05})
