@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Base64Bytes, BaseModel, Field, model_validator
 
+from engine.data.labels import PerClass
+
 ClassCounts = dict[str, int]
 
 # The database's integer columns. A larger number cannot even be compared with one (the query fails, a 500), so
@@ -326,7 +328,7 @@ class DatasetFreeze(BaseModel, extra="forbid"):
     accepts_needed: int | None = Field(None, ge=1, le=20, description="Policy: k accepts and no reject; default: "
                                                                      "the review policy in force.")
     # INTEGER: the manifest query compares the ranks with it as one
-    targets: dict[str, Annotated[int, Field(ge=0, le=MAX_INTEGER)]] | None = Field(
+    targets: PerClass[Annotated[int, Field(ge=0, le=MAX_INTEGER)]] | None = Field(
         None, description="At most this many synthetic images per class.")
     selection: str = Field("reviewed", pattern=r"^(reviewed|scores|all|none)$",
                            description="reviewed: accepted under the policy; scores: automatic curation by the "

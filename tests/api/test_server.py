@@ -93,6 +93,9 @@ def test_dataset_versions_through_the_api(server, tmp_path):
     with pytest.raises(ApiError) as bad:
         client._request("POST", "/datasets", json={"name": "../x"})
     assert bad.value.status_code == 422
+    with pytest.raises(ApiError, match="unknown label 'vasx'") as unknown:
+        client._request("POST", "/datasets", json={"name": "capped", "targets": {"vasx": 3}})
+    assert unknown.value.status_code == 422
 
 
 def test_the_listening_socket_says_tcp_so_asyncio_sets_nodelay():
