@@ -80,7 +80,7 @@ class MaskedAutoencoder(nn.Module):
         x (B, L, D) -> kept (B, L_keep, D), mask (B, L) with 1 = masked, ids_restore (B, L)."""
         b, length, d = x.shape
         keep = int(length * (1 - mask_ratio))
-        noise = torch.rand(b, length, generator=generator, device=x.device)
+        noise = torch.rand(b, length, generator=generator).to(x.device)  # a CPU generator serves any device
         ids_shuffle = noise.argsort(dim=1)
         ids_restore = ids_shuffle.argsort(dim=1)
         ids_keep = ids_shuffle[:, :keep]

@@ -28,12 +28,14 @@ class Params(BaseModel, extra="forbid"):
     batch_size: int = Field(128, ge=2)
     lr: float = Field(1.5e-4, gt=0, description="Base lr per 256 images (scaled by batch size, as in MAE).")
     warmup_steps: int = Field(200, ge=0)
+    mixed_precision: bool = Field(False, description="bf16 autocast (where the device supports it).")
     grid_every: int = Field(1000, ge=1)
     seed: int = 0
 
 
 def run(params: Params, ctx: JobContext) -> dict:
     import torch
+    from accelerate import Accelerator
 
     from engine.data.augment import dihedral
     from engine.data.tensors import grid_png, load_array, to_model_input
@@ -42,7 +44,9 @@ def run(params: Params, ctx: JobContext) -> dict:
     from engine.recipes.common import resume, save_state, warmup_cosine
     from engine.recipes.fitting import dataset_id
 
-    torch.manual_seed(params.seed)
+    # One code path for CPU, one GPU, or many under `accelerate launch` (DDP: gradients averaged).
+    accelerator = Accelerator(mixed_precision="bf16" if params.mixed_precision else "no")
+    torch.manual_seed(params.seed + accelerator.process_index)
     version = dataset_id(ctx, params.dataset)
     items = [i.model_dump() for i in ctx.api.dataset_manifest(version, split="train")
              if i.source == "synthetic" or params.use_real]
@@ -57,12 +61,14 @@ def run(params: Params, ctx: JobContext) -> dict:
     ctx.log(f"MAE {params.encoder} ({sum(p.numel() for p in mae.encoder.parameters()) / 1e6:.1f}M encoder "
             f"parameters) on {len(x)} images of {version}")
     start = resume(ctx, mae=mae, optimizer=optimizer)["step"]
-    generator = torch.Generator().manual_seed(params.seed + start)
+    generator = torch.Generator().manual_seed(params.seed + start + 1000 * accelerator.process_index)
+    mae.to(accelerator.device)
+    training_mae, optimizer = accelerator.prepare(mae, optimizer)
     fixed = x[:16]
 
     def grid(step: int) -> None:
         mae.eval()
-        recon = mae.reconstruct(fixed, params.mask_ratio, seed=0)
+        recon = mae.reconstruct(fixed.to(accelerator.device), params.mask_ratio, seed=0).cpu()
         pair = torch.cat([fixed, recon])
         path = grid_png(((pair + 1) * 127.5).round().to(torch.uint8), 2,
                         ctx.artifact_dir / f"reconstructions-step{step:07d}.png")
@@ -74,22 +80,26 @@ def run(params: Params, ctx: JobContext) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr * warmup_cosine(step - 1, params.steps, params.warmup_steps)
         idx = torch.randint(0, len(x), (params.batch_size,), generator=generator)
-        loss, _, _ = mae(dihedral(x[idx], generator), params.mask_ratio, generator)
+        with accelerator.autocast():
+            loss, _, _ = training_mae(dihedral(x[idx], generator).to(accelerator.device), params.mask_ratio,
+                                      generator)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        accelerator.backward(loss)
         optimizer.step()
         ctx.log_metric("train/loss", loss.item(), step)
         ctx.progress(step, params.steps, f"loss {loss.item():.4f}")
         stop = ctx.should_stop()  # cancel or SIGTERM: checkpoint now, within the grace period
         if step % params.grid_every == 0 or step == params.steps or stop:
-            grid(step)
+            if ctx.is_main:
+                grid(step)
             save_state(ctx, step, mae=mae, optimizer=optimizer)
             if stop:
                 raise Stopped(f"stopped at step {step}")
 
-    out = save_classifier(mae.encoder, ctx.artifact_dir / "encoder", {
-        "arch": params.encoder, "image_size": params.image_size,
-        "kwargs": {"patch_size": params.patch_size, **params.encoder_kwargs}, "classes": [], "dataset": version,
-        "mae": {"mask_ratio": params.mask_ratio, "steps": params.steps, "use_real": params.use_real}})
-    ctx.save_artifact(out, "mae_encoder")
+    if ctx.is_main:
+        out = save_classifier(mae.encoder, ctx.artifact_dir / "encoder", {
+            "arch": params.encoder, "image_size": params.image_size,
+            "kwargs": {"patch_size": params.patch_size, **params.encoder_kwargs}, "classes": [], "dataset": version,
+            "mae": {"mask_ratio": params.mask_ratio, "steps": params.steps, "use_real": params.use_real}})
+        ctx.save_artifact(out, "mae_encoder")
     return {"steps": params.steps, "final_loss": loss.item() if params.steps > start else None, "images": len(x)}
