@@ -17,6 +17,9 @@ class Params(FitParams):
     use_teacher: bool = Field(True, description="False: train the student on labels alone (the baseline arms).")
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation term.")
+    teacher_tta: bool = Field(True, description="Distil towards the teacher's mean over each image's 8 "
+                                                "flips/rotations, computed once before training (False: the "
+                                                "teacher sees the student's augmented batch every step).")
 
 
 def run(params: Params, ctx: JobContext) -> dict:
@@ -31,9 +34,10 @@ def run(params: Params, ctx: JobContext) -> dict:
         for p in teacher.parameters():
             p.requires_grad_(False)
     model = build_classifier(params.arch, len(CLASSES), params.image_size, **params.arch_kwargs)
-    fit_params = FitParams(**params.model_dump(exclude={"teacher", "use_teacher", "temperature", "alpha"}))
+    fit_params = FitParams(**params.model_dump(exclude={"teacher", "use_teacher", "temperature", "alpha",
+                                                        "teacher_tta"}))
     best = fit(model, fit_params, ctx, teacher=teacher,
                teacher_size=teacher_meta["image_size"] if teacher_meta else None,
-               temperature=params.temperature, alpha=params.alpha,
+               temperature=params.temperature, alpha=params.alpha, teacher_tta=params.teacher_tta,
                meta={"role": "student", "teacher": str(teacher_dir) if teacher_dir else None})
     return {"val": best, "distilled": teacher is not None}

@@ -4,7 +4,8 @@ the test split), then registered as a servable model together with its evaluatio
 
 The export folder is self-contained, so that `python -m studio.demo --model FOLDER` serves it without the engine:
 
-    model.onnx, model.torchscript.pt   the servable model (input "image": (N, 3, S, S) in [-1, 1]; output "logits")
+    model.onnx, model.torchscript.pt   the servable model (input "image": (N, 3, S, S) in [-1, 1]; output "logits";
+                                       by default the mean over each image's 8 flips/rotations, as evaluated)
     model.safetensors, classifier.json the PyTorch classifier (`load_classifier`): the demo's heatmaps need gradients
                                        and attention weights, which the exported graphs do not expose
     serving.json                       the uncertainty threshold (`calibrate_threshold`) and how it was found
@@ -43,6 +44,8 @@ class Params(BaseModel, extra="forbid"):
     tolerance: float = Field(1e-3, gt=0, description="Largest allowed |difference| of the probabilities.")
     target_accuracy: float = Field(0.9, gt=0, le=1, description="Accuracy the demo's confident answers must reach "
                                                                 "on real validation images (sets its threshold).")
+    tta: bool = Field(True, description="Export the mean over the 8 flips/rotations of each image (as evaluate "
+                                        "measures it by default): 8x the compute per answer.")
 
 
 def probabilities(model: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> np.ndarray:
@@ -64,18 +67,27 @@ def onnx_probabilities(path: Path, images: np.ndarray) -> np.ndarray:
     return exp / exp.sum(1, keepdims=True)
 
 
+def served_model(model: torch.nn.Module, tta: bool) -> torch.nn.Module:
+    """What the exported graphs compute: the classifier, or its 8-view test-time augmentation."""
+    from engine.models.classifier import DihedralTTA
+
+    return DihedralTTA(model).eval() if tta else model
+
+
 def export_model(model: torch.nn.Module, meta: dict, out: Path, check_images: torch.Tensor,
-                 tolerance: float = 1e-3) -> dict[str, float]:
+                 tolerance: float = 1e-3, tta: bool = False) -> dict[str, float]:
     """Write the classifier (weights + classifier.json), TorchScript and ONNX into `out`; return the largest
     |difference| of each exported model's probabilities from PyTorch's on `check_images`. Raises when one exceeds
-    `tolerance`: a served model must answer as the evaluated one did."""
+    `tolerance`: a served model must answer as the evaluated one did. With `tta`, the exported graphs answer with
+    the mean over the 8 flips/rotations (`DihedralTTA`); the saved classifier stays the plain one."""
     import numpy as np
     import torch
 
     from engine.models.classifier import save_classifier
 
     size = meta["image_size"]
-    save_classifier(model, out, meta)
+    save_classifier(model, out, meta | {"tta": tta})
+    model = served_model(model, tta)
     reference = probabilities(model, check_images)
     with torch.no_grad():
         scripted = torch.jit.trace(model, torch.zeros(1, 3, size, size))
@@ -121,14 +133,15 @@ def calibrate_threshold(probs: np.ndarray, labels: np.ndarray, target_accuracy: 
 
 def export_for_serving(model: torch.nn.Module, meta: dict, out: Path, check_images: torch.Tensor,
                        val_images: torch.Tensor | None, val_labels: np.ndarray | None, *, tolerance: float = 1e-3,
-                       target_accuracy: float = 0.9, evaluation: dict | None = None) -> dict:
+                       target_accuracy: float = 0.9, evaluation: dict | None = None, tta: bool = False) -> dict:
     """Everything the demo serves, into `out` (see the module docstring). Without validation images there is no
     serving.json and the demo says the model is not calibrated. Returns {"max_abs_diff", "serving"}."""
     out.mkdir(parents=True, exist_ok=True)
-    diffs = export_model(model, meta, out, check_images, tolerance)
+    diffs = export_model(model, meta, out, check_images, tolerance, tta)
     serving = None
     if val_images is not None and len(val_images):
-        serving = calibrate_threshold(probabilities(model, val_images), val_labels, target_accuracy) | {
+        val_probs = probabilities(served_model(model, tta), val_images)
+        serving = calibrate_threshold(val_probs, val_labels, target_accuracy) | {
             "split": "val (real)", "dataset": meta.get("dataset")}
         (out / SERVING_FILE).write_text(json.dumps(serving, indent=2))
     if evaluation is not None:
@@ -156,10 +169,13 @@ def run(params: Params, ctx: JobContext) -> dict:
         for artifact in ctx.api.job_artifacts(job_id):
             if artifact.kind == "evaluation":
                 evaluation = json.loads((ctx.workspace / artifact.path).read_text())
+    if evaluation is not None and bool(evaluation.get("tta")) != params.tta:
+        raise ValueError(f"the upstream evaluation was measured with tta={bool(evaluation.get('tta'))} but export "
+                         f"asks for tta={params.tta}: set them alike, so the served model answers as evaluated")
     out = ctx.artifact_dir / "export"
     exported = export_for_serving(model, meta, out, check, val_x, labels_of(val) if val else None,
                                   tolerance=params.tolerance, target_accuracy=params.target_accuracy,
-                                  evaluation=evaluation)
+                                  evaluation=evaluation, tta=params.tta)
     diffs, serving = exported["max_abs_diff"], exported["serving"]
     ctx.log(f"checked on {len(check)} real test images: max |Δ probability| " +
             ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))

@@ -3,7 +3,8 @@
 Data comes from a frozen dataset version: real train (+ accepted synthetic when `use_synthetic`), real val for
 model selection (best macro-F1 is kept), never test. Batches are class-balanced by sampling weight, augmented
 with the eight flips/rotations and colour jitter; AdamW with layer-wise lr decay (timm), warm-up then cosine;
-with a teacher, the loss is Hinton distillation at temperature T.
+with a teacher, the loss is Hinton distillation at temperature T, towards the teacher's mean over the 8
+flips/rotations of each image (computed once) or its answer on each augmented batch.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class FitParams(BaseModel, extra="forbid"):
     layer_decay: float | None = Field(None, gt=0, le=1, description="Layer-wise lr decay (ViTs: ~0.65-0.75).")
     class_balance: float = Field(0.5, ge=0, le=1, description="Sampling ∝ n^-x: 0 natural, 1 uniform classes.")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
+    mixed_precision: bool = Field(False, description="bf16 autocast (where the device supports it).")
     eval_every: int = Field(250, ge=1)
     seed: int = 0
 
@@ -53,10 +55,25 @@ def version_arrays(ctx: JobContext, version: str, split: str, size: int, use_syn
     return load_array(ctx.workspace, items, size), labels_of(items)
 
 
+def teacher_targets(teacher, images, accelerator, ctx: JobContext, batch: int = 128):
+    """The teacher's outputs (N, C) for model inputs (N, 3, S, S), in batches, on the accelerator's device."""
+    import torch
+
+    out = []
+    with torch.no_grad(), accelerator.autocast():
+        for i in range(0, len(images), batch):
+            out.append(teacher(images[i:i + batch].to(accelerator.device)).float().cpu())
+            ctx.progress(min(i + batch, len(images)), len(images), "teacher targets")
+    return torch.cat(out)
+
+
 def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size: int | None = None,
-        temperature: float = 4.0, alpha: float = 0.5, meta: dict | None = None) -> dict:
+        temperature: float = 4.0, alpha: float = 0.5, teacher_tta: bool = False, meta: dict | None = None) -> dict:
     """Train `model` in place, keeping the best val macro-F1 weights as a `classifier` artifact. Returns the best
-    validation figures."""
+    validation figures. With `teacher_tta`, the distillation target of each training image is the teacher's mean
+    over its 8 flips/rotations, computed once (`teacher_targets`); else the teacher sees each augmented batch."""
+    import time
+
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -67,11 +84,11 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
     from engine.data.labels import CLASSES
     from engine.data.tensors import to_model_input
     from engine.metrics import classification_report
-    from engine.models.classifier import distillation_loss, save_classifier
+    from engine.models.classifier import DihedralTTA, distillation_loss, prefers_channels_last, save_classifier
     from engine.recipes.common import class_weights, resume, save_state, warmup_cosine
 
     # One code path for CPU, one GPU, or many under `accelerate launch` (DDP: gradients averaged).
-    accelerator = Accelerator()
+    accelerator = Accelerator(mixed_precision="bf16" if params.mixed_precision else "no")
     dev = accelerator.device
     torch.manual_seed(params.seed + accelerator.process_index)
     version = dataset_id(ctx, params.dataset)
@@ -93,10 +110,19 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
     start, best = resumed["step"], resumed.get("best", {"macro_f1": -1.0})
     out = ctx.artifact_dir / "classifier"
     generator = torch.Generator().manual_seed(params.seed + start + 1000 * accelerator.process_index)
-    model.to(dev)
+    # channels_last: faster CNN training steps on CPU, slower ViT ones (bench/train_speed.py).
+    memory_format = torch.channels_last if prefers_channels_last(params.arch) else torch.contiguous_format
+    model.to(dev, memory_format=memory_format)
     if teacher is not None:
         teacher.to(dev).eval()
     training_model, optimizer = accelerator.prepare(model, optimizer)
+    targets = None
+    if teacher is not None and teacher_tta:
+        x_teacher, _ = version_arrays(ctx, version, "train", teacher_size or params.image_size, params.use_synthetic)
+        started = time.perf_counter()
+        targets = teacher_targets(DihedralTTA(teacher), to_model_input(x_teacher), accelerator, ctx)
+        ctx.log(f"teacher targets: mean over 8 flips/rotations of {len(targets)} images, "
+                f"{time.perf_counter() - started:.0f} s")
     meta = {"arch": params.arch, "image_size": params.image_size, "kwargs": params.arch_kwargs,
             "classes": list(CLASSES), "dataset": version, "use_synthetic": params.use_synthetic,
             "distilled": teacher is not None, **(meta or {})}
@@ -106,17 +132,23 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
         for group in optimizer.param_groups:
             group["lr"] = params.lr * warmup_cosine(step - 1, params.steps, params.warmup_steps) * group["lr_scale"]
         idx = torch.multinomial(weights, params.batch_size, replacement=True, generator=generator)
-        x = colour_jitter(dihedral(x_train_t[idx], generator), generator=generator).to(dev)
+        x = colour_jitter(dihedral(x_train_t[idx], generator), generator=generator)
+        x = x.to(dev, memory_format=memory_format)
         labels = y_train_t[idx].to(dev)
-        logits = training_model(x)
-        if teacher is not None:
-            with torch.no_grad():
-                tx = x if teacher_size in (None, params.image_size) else \
-                    F.interpolate(x, size=teacher_size, mode="bilinear", antialias=True, align_corners=False)
-                teacher_logits = teacher(tx)
-            loss = distillation_loss(logits, teacher_logits, labels, temperature, alpha, params.label_smoothing)
-        else:
-            loss = F.cross_entropy(logits, labels, label_smoothing=params.label_smoothing)
+        with accelerator.autocast():
+            logits = training_model(x)
+            if targets is not None:  # the same whatever flip/rotation the student sees
+                loss = distillation_loss(logits.float(), targets[idx].to(dev), labels, temperature, alpha,
+                                         params.label_smoothing)
+            elif teacher is not None:
+                with torch.no_grad():
+                    tx = x if teacher_size in (None, params.image_size) else \
+                        F.interpolate(x, size=teacher_size, mode="bilinear", antialias=True, align_corners=False)
+                    teacher_logits = teacher(tx)
+                loss = distillation_loss(logits.float(), teacher_logits.float(), labels, temperature, alpha,
+                                         params.label_smoothing)
+            else:
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=params.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), 5.0)
@@ -128,8 +160,8 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
         if (step % params.eval_every == 0 or step == params.steps) and ctx.is_main:
             model.eval()
             with torch.no_grad():
-                probs = torch.cat([F.softmax(model(x_val_t[i:i + 256].to(dev)), 1).cpu()
-                                   for i in range(0, len(x_val_t), 256)])
+                probs = torch.cat([F.softmax(model(x_val_t[i:i + 256].to(dev, memory_format=memory_format)),
+                                             1).cpu() for i in range(0, len(x_val_t), 256)])
             report = classification_report(probs.numpy(), np.asarray(y_val), CLASSES)
             for name in ("macro_f1", "balanced_accuracy", "accuracy"):
                 ctx.log_metric(f"val/{name}", report[name], step)

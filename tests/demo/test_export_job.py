@@ -8,12 +8,14 @@ import json
 from types import SimpleNamespace
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+import torch
 
 from engine.data.images import encode_png
 from engine.data.labels import CLASSES
 from engine.data.phantom import render_lesion
-from engine.models.classifier import build_classifier, save_classifier
+from engine.models.classifier import build_classifier, load_classifier, save_classifier
 from engine.recipes import export
 from engine.schemas import DatasetItem
 
@@ -67,3 +69,30 @@ def test_the_export_job_calibrates_on_real_val_and_registers_a_self_contained_fo
     assert api.registered["onnx_path"] == "jobs/2/artifacts/export/model.onnx"
     assert api.registered["classifier_path"] == "jobs/1/artifacts/classifier"
     assert any("max |Δ probability|" in line for line in logs)
+
+    # By default the exported graph answers with the mean over each image's 8 flips/rotations; the saved
+    # classifier (for the demo's heatmaps) stays the plain one.
+    assert json.loads((out / "classifier.json").read_text())["tta"] is True
+    classifier, _ = load_classifier(out)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        turns = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
+        expected = torch.stack([classifier(v).softmax(1) for v in turns + [t.flip(-1) for t in turns]]).mean(0)
+    logits = ort.InferenceSession(str(out / "model.onnx")).run(None, {"image": x.numpy()})[0]
+    assert np.abs(torch.from_numpy(logits).softmax(1).numpy() - expected.numpy()).max() < 1e-4
+
+
+def test_the_export_job_refuses_to_serve_otherwise_than_it_was_evaluated(tmp_path):
+    workspace = tmp_path / "ws"
+    folder = save_classifier(build_classifier("small_cnn", len(CLASSES), 16, width=8).eval(),
+                             workspace / "jobs" / "1" / "artifacts" / "classifier",
+                             {"arch": "small_cnn", "image_size": 16, "kwargs": {"width": 8},
+                              "classes": list(CLASSES), "dataset": "v1"})
+    (workspace / "jobs" / "1" / "artifacts" / "evaluation.json").write_text(json.dumps({"tta": None}))
+    api = FakeApi([])
+    api.job_artifacts = lambda job_id: [SimpleNamespace(kind="evaluation", path="jobs/1/artifacts/evaluation.json")]
+    ctx = SimpleNamespace(api=api, workspace=workspace, artifact_dir=workspace / "jobs" / "2" / "artifacts",
+                          after=[1], job_id=2, attempt=1, log=lambda line: None, save_artifact=lambda path, kind: None)
+    with pytest.raises(ValueError, match="measured with tta=False but export asks for tta=True"):
+        export.run(export.Params(model=str(folder)), ctx)
+    assert not (ctx.artifact_dir / "export").exists()

@@ -55,7 +55,9 @@ def test_arms_differ_only_in_their_flags_and_are_evaluated_on_real_test(trained)
             assert report["cost"]["params"] > 0 and report["cost"]["flops"] > 0
             assert len(report["confusion"]) == 7 and report["reliability"]
             assert report["trained"]["distilled"] is (arm == "curated")
-    assert "distilling at T=" in client.job_logs(jobs["curated.efficientnet_b0"].id).text
+            assert report["tta"] and 0 <= report["single_view"]["macro_f1"] <= 1  # both figures, told apart
+    distill_log = client.job_logs(jobs["curated.efficientnet_b0"].id).text
+    assert "distilling at T=" in distill_log and "teacher targets: mean over 8 flips/rotations" in distill_log
     assert "(real)" in client.job_logs(jobs["baseline.efficientnet_b0"].id).text
 
 
