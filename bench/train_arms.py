@@ -85,10 +85,12 @@ def main() -> None:
         for job in failed:
             print(f"job {job.id} {job.pipeline_key} {job.state.value}: {job.error}")
         evals = [j for j in jobs if j.kind == "evaluate" and j.result]
-        print(f"\n{'arm':<56}{'macro-F1':>9}{'bal.acc':>9}{'acc':>7}{'AUC':>7}{'params':>9}{'GFLOPs':>8}{'ms':>7}")
+        print(f"\n{'arm':<56}{'macro-F1':>9}{'1 view':>8}{'bal.acc':>9}{'acc':>7}{'AUC':>7}{'params':>9}"
+              f"{'GFLOPs':>8}{'ms':>7}")
         for job in evals:
             r = job.result
-            print(f"{r['arm']:<56}{r['macro_f1']:>9.3f}{r['balanced_accuracy']:>9.3f}{r['accuracy']:>7.3f}"
+            print(f"{r['arm']:<56}{r['macro_f1']:>9.3f}{r['macro_f1_1view']:>8.3f}{r['balanced_accuracy']:>9.3f}"
+                  f"{r['accuracy']:>7.3f}"
                   f"{r['auc_ovr']:>7.3f}{r['params'] / 1e6:>8.2f}M{r['gflops']:>8.3f}{r['latency_ms']:>7.1f}")
         print("\nper-class F1 (real test)")
         for job in evals:

@@ -382,11 +382,12 @@ def _print_comparison(client, pipeline_id: str) -> None:
         return format("–" if value is None else format(value, spec), f">{width}")
 
     typer.secho("\nreal test split", bold=True)
-    typer.echo(f"{'arm':<52}{'macro-F1':>9}{'bal.acc':>9}{'acc':>7}{'AUC':>7}{'ECE':>7}{'params':>9}{'GFLOPs':>8}"
-               f"{'ms':>7}")
+    typer.echo(f"{'arm':<52}{'macro-F1':>9}{'1 view':>8}{'bal.acc':>9}{'acc':>7}{'AUC':>7}{'ECE':>7}{'params':>9}"
+               f"{'GFLOPs':>8}{'ms':>7}")
     for r in rows:
         params = "–" if r["params"] is None else f"{r['params'] / 1e6:.2f}M"
-        typer.echo(f"{r['arm'][:51]:<52}{cell(r['macro_f1'], '.3f', 9)}{cell(r['balanced_accuracy'], '.3f', 9)}"
+        typer.echo(f"{r['arm'][:51]:<52}{cell(r['macro_f1'], '.3f', 9)}{cell(r['macro_f1_1view'], '.3f', 8)}"
+                   f"{cell(r['balanced_accuracy'], '.3f', 9)}"
                    f"{cell(r['accuracy'], '.3f', 7)}{cell(r['auc_ovr'], '.3f', 7)}{cell(r['ece'], '.3f', 7)}"
                    f"{params:>9}{cell(r['gflops'], '.3f', 8)}{cell(r['latency_ms'], '.1f', 7)}")
 

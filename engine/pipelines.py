@@ -9,7 +9,8 @@ from engine.profiles import Profile
 from engine.schemas import JobInfo, PipelineStep, PipelineSubmit
 
 # What an evaluate job's result holds for comparing arms, with the name a table heads it with.
-ARM_FIGURES = {"macro_f1": "macro-F1", "balanced_accuracy": "balanced accuracy", "accuracy": "accuracy",
+ARM_FIGURES = {"macro_f1": "macro-F1", "macro_f1_1view": "macro-F1, 1 view",
+               "balanced_accuracy": "balanced accuracy", "accuracy": "accuracy",
                "auc_ovr": "AUC", "ece": "ECE", "params": "params", "gflops": "GFLOPs", "latency_ms": "latency (ms)"}
 
 

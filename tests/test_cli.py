@@ -112,3 +112,20 @@ def test_users_add_ls_and_the_review_policy(server):
     assert "2 accept(s)" in dermae(server, "policy", "2").stdout
     assert "2 accept(s)" in dermae(server, "policy").stdout
     dermae(server, "policy", "1")
+
+
+def test_the_train_table_shows_each_arm_with_and_without_test_time_augmentation(capsys):
+    from types import SimpleNamespace
+
+    from engine.cli import _print_comparison
+
+    result = {"arm": "efficientnet_b0: real only", "arch": "efficientnet_b0", "macro_f1": 0.523,
+              "macro_f1_1view": 0.5, "balanced_accuracy": 0.551, "accuracy": 0.738, "auc_ovr": 0.914, "ece": 0.117,
+              "params": 4.02e6, "gflops": 0.512, "latency_ms": 17.6}
+    jobs = [SimpleNamespace(id=2, kind="evaluate", result=result),
+            SimpleNamespace(id=1, kind="distill", result={"val": {}})]
+    client = SimpleNamespace(pipeline=lambda pipeline_id: SimpleNamespace(jobs=jobs))
+    _print_comparison(client, "train-tiny-1")
+    header, row = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert header.split()[:4] == ["arm", "macro-F1", "1", "view"]
+    assert row.split()[-9:] == ["0.523", "0.500", "0.551", "0.738", "0.914", "0.117", "4.02M", "0.512", "17.6"]

@@ -103,6 +103,6 @@ def run(params: Params, ctx: JobContext) -> dict:
     ctx.save_artifact(html, "evaluation_report")
     ctx.progress(2, 2, "done")
     return {k: report[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "ece")} | {
-        "single_view": report["single_view"], "tta": params.tta,
+        "single_view": report["single_view"], "tta": params.tta, "macro_f1_1view": single["macro_f1"],
         "arm": params.arm, "arch": meta["arch"], "params": report["cost"]["params"],
         "gflops": report["cost"]["flops"] / 1e9, "latency_ms": report["cost"]["latency_ms"]}

@@ -99,11 +99,13 @@ def show_comparison(client: Client, jobs: list[JobInfo]) -> None:
     st.dataframe([{"arm": r["arm"], **{TABLE_COLUMNS[k]: r[k] for k in ARM_FIGURES}} for r in in_millions],
                  hide_index=True, width="stretch",
                  column_config={label: st.column_config.NumberColumn(format="%.3f") for label in
-                                ("macro-F1", "balanced accuracy", "accuracy", "AUC", "ECE", "GFLOPs")}
+                                ("macro-F1", "macro-F1, 1 view", "balanced accuracy", "accuracy", "AUC", "ECE",
+                                 "GFLOPs")}
                  | {"params (M)": st.column_config.NumberColumn(format="%.2f"),
                     "latency (ms)": st.column_config.NumberColumn(format="%.1f")})
     st.caption("Macro-F1 and balanced accuracy weigh every class alike: they show whether the rare classes are "
-               "learned. Latency: batch 1 on this engine's CPU.")
+               "learned. The figures average each image's 8 flips/rotations, as the served model does; "
+               "\"1 view\" is the model on the image alone. Latency: batch 1 on this engine's CPU.")
     reports = {r["job_id"]: report for r in rows if (report := evaluation_report(client, r["job_id"]))}
     if not reports:
         return
