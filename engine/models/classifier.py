@@ -76,7 +76,8 @@ def build_classifier(arch: str, num_classes: int, image_size: int, **kwargs) -> 
 class DihedralTTA(nn.Module):
     """Test-time augmentation: the mean of a classifier's probabilities over the 8 flips/90° rotations of each
     image. A lesion has no up or left, so every view is as valid as the original and their mean is a steadier
-    answer (+0.01-0.03 macro-F1 on DermaMNIST val for the tiny students) at 8x the compute.
+    answer, at 8x the compute: +0.012 test macro-F1 on average over the tiny profile's eight student arms
+    (-0.009 to +0.034), and accuracy up in seven of them.
     (B, 3, S, S) -> (B, C) log mean probabilities; they act as logits (their softmax is the mean), so exported
     models and the demo need no change."""
 
