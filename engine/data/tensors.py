@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,22 +33,31 @@ def square_resize(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), method)
 
 
+def cached_array(path: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """The array saved at `path` (memory-mapped), or `compute()` saved there first: written whole, then renamed,
+    so a reader never sees half a file and concurrent writers of the same key do no harm."""
+    if path.exists():
+        return np.load(path, mmap_mode="r")
+    out = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, out)
+    os.replace(tmp, path)
+    return out
+
+
 def load_array(workspace: Path, items: Sequence[dict], size: int) -> np.ndarray:
     """uint8 (N, size, size, 3) for manifest items (dicts with id and path), cached under workspace/cache."""
     key = hashlib.sha256(("\n".join(it["id"] for it in items) + f"\n{size}").encode()).hexdigest()[:24]
-    cache = workspace / "cache" / "arrays" / f"{key}.npy"
-    if cache.exists():
-        return np.load(cache, mmap_mode="r")
-    images_dir = workspace / "images"
-    out = np.empty((len(items), size, size, 3), dtype=np.uint8)
-    for i, item in enumerate(items):
-        with Image.open(images_dir / item["path"]) as img:
-            out[i] = np.asarray(square_resize(img, size))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, out)
-    os.replace(tmp, cache)
-    return out
+
+    def decode() -> np.ndarray:
+        out = np.empty((len(items), size, size, 3), dtype=np.uint8)
+        for i, item in enumerate(items):
+            with Image.open(workspace / "images" / item["path"]) as img:
+                out[i] = np.asarray(square_resize(img, size))
+        return out
+
+    return cached_array(workspace / "cache" / "arrays" / f"{key}.npy", decode)
 
 
 def labels_of(items: Sequence[dict]) -> np.ndarray:

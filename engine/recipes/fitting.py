@@ -4,16 +4,19 @@ Data comes from a frozen dataset version: real train (+ accepted synthetic when 
 model selection (best macro-F1 is kept), never test. Batches are class-balanced by sampling weight, augmented
 with the eight flips/rotations and colour jitter; AdamW with layer-wise lr decay (timm), warm-up then cosine;
 with a teacher, the loss is Hinton distillation at temperature T, towards the teacher's mean over the 8
-flips/rotations of each image (computed once) or its answer on each augmented batch.
+flips/rotations of each image (computed once, cached) or its answer on each augmented batch.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from engine.jobs.context import JobContext, Stopped
+
+if TYPE_CHECKING:  # imported where used: listing job kinds must not pay for numpy/torch
+    import numpy as np
 
 
 class FitParams(BaseModel, extra="forbid"):
@@ -55,16 +58,37 @@ def version_arrays(ctx: JobContext, version: str, split: str, size: int, use_syn
     return load_array(ctx.workspace, items, size), labels_of(items)
 
 
-def teacher_targets(teacher, images, accelerator, ctx: JobContext, batch: int = 128):
-    """The teacher's outputs (N, C) for model inputs (N, 3, S, S), in batches, on the accelerator's device."""
+def teacher_targets(teacher, images: np.ndarray, accelerator, ctx: JobContext, batch: int = 128):
+    """The teacher's mean over the 8 flips/rotations (log-probabilities, (N, C)) of uint8 images (N, S, S, 3),
+    computed once per teacher weights × images and kept in the workspace cache: the KD arms of a run share them."""
+    import hashlib
+    import time
+
+    import numpy as np
     import torch
 
-    out = []
-    with torch.no_grad(), accelerator.autocast():
-        for i in range(0, len(images), batch):
-            out.append(teacher(images[i:i + batch].to(accelerator.device)).float().cpu())
-            ctx.progress(min(i + batch, len(images)), len(images), "teacher targets")
-    return torch.cat(out)
+    from engine.data.tensors import cached_array, to_model_input
+    from engine.models.classifier import DihedralTTA
+
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    for tensor in teacher.state_dict().values():
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    path = ctx.workspace / "cache" / "teacher_targets" / f"{digest.hexdigest()[:24]}.npy"
+    reused, started = path.exists(), time.perf_counter()
+
+    def compute() -> np.ndarray:
+        views, out = DihedralTTA(teacher), []
+        with torch.no_grad(), accelerator.autocast():
+            for i in range(0, len(images), batch):
+                x = to_model_input(images[i:i + batch]).to(accelerator.device)
+                out.append(views(x).float().cpu())
+                ctx.progress(min(i + batch, len(images)), len(images), "teacher targets")
+        return torch.cat(out).numpy()
+
+    targets = torch.from_numpy(np.array(cached_array(path, compute)))
+    ctx.log(f"teacher targets: mean over 8 flips/rotations of {len(targets)} images, " +
+            ("reused from the cache" if reused else f"{time.perf_counter() - started:.0f} s"))
+    return targets
 
 
 def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size: int | None = None,
@@ -72,8 +96,6 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
     """Train `model` in place, keeping the best val macro-F1 weights as a `classifier` artifact. Returns the best
     validation figures. With `teacher_tta`, the distillation target of each training image is the teacher's mean
     over its 8 flips/rotations, computed once (`teacher_targets`); else the teacher sees each augmented batch."""
-    import time
-
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -84,7 +106,7 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
     from engine.data.labels import CLASSES
     from engine.data.tensors import to_model_input
     from engine.metrics import classification_report
-    from engine.models.classifier import DihedralTTA, distillation_loss, prefers_channels_last, save_classifier
+    from engine.models.classifier import distillation_loss, prefers_channels_last, save_classifier
     from engine.recipes.common import class_weights, resume, save_state, warmup_cosine
 
     # One code path for CPU, one GPU, or many under `accelerate launch` (DDP: gradients averaged).
@@ -119,10 +141,7 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
     targets = None
     if teacher is not None and teacher_tta:
         x_teacher, _ = version_arrays(ctx, version, "train", teacher_size or params.image_size, params.use_synthetic)
-        started = time.perf_counter()
-        targets = teacher_targets(DihedralTTA(teacher), to_model_input(x_teacher), accelerator, ctx)
-        ctx.log(f"teacher targets: mean over 8 flips/rotations of {len(targets)} images, "
-                f"{time.perf_counter() - started:.0f} s")
+        targets = teacher_targets(teacher, x_teacher, accelerator, ctx)
     meta = {"arch": params.arch, "image_size": params.image_size, "kwargs": params.arch_kwargs,
             "classes": list(CLASSES), "dataset": version, "use_synthetic": params.use_synthetic,
             "distilled": teacher is not None, **(meta or {})}
