@@ -17,6 +17,22 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (make test installs it)")]
 
 
+def choose(page, selectbox, option: str, tries: int = 3) -> None:
+    """Open a selectbox and pick an option. The Jobs page's live list reruns every few seconds; on a loaded
+    machine a rerun can close the open list (CI once waited 30 s for an option no longer shown), so the list is
+    opened again instead."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(1, tries + 1):
+        selectbox.click()
+        try:
+            page.get_by_role("option", name=option).click(timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == tries:
+                raise
+
+
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     server = review_server(tmp_path_factory.mktemp("browser") / "ws", {"ann": "reviewer", "ada": "admin"},
@@ -72,8 +88,7 @@ def test_sign_in_review_a_class_with_the_keyboard_reject_with_a_reason_and_undo(
     page.screenshot(path=SHOTS / "1-overview.png", full_page=True)
 
     go_to(page, "Review", "Review")
-    page.get_by_test_id("stSelectbox").first.click()
-    page.get_by_role("option", name="df · dermatofibroma").click()
+    choose(page, page.get_by_test_id("stSelectbox").first, "df · dermatofibroma")
     idle(page)
     page.get_by_text("10 images match").wait_for()
     page.get_by_text("Current image", exact=True).wait_for()
@@ -151,8 +166,7 @@ def test_an_admin_runs_a_turing_session_freezes_a_version_and_trains_from_the_jo
 
     go_to(page, "Jobs", "Jobs")
     page.get_by_text("Start", exact=True).click()
-    page.get_by_test_id("stSelectbox").first.click()
-    page.get_by_role("option", name="smoke").click()
+    choose(page, page.get_by_test_id("stSelectbox").first, "smoke")
     idle(page)
     page.get_by_role("tab", name="Train chain").click()
     page.get_by_role("button", name="Start the train chain").click()
