@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,6 +60,12 @@ def predict(model: torch.nn.Module, images: torch.Tensor, batch: int = 512) -> t
         feats.append(f)
         probs.append(F.softmax(model.head(f), dim=1))
     return torch.cat(probs), torch.cat(feats)
+
+
+@torch.no_grad()
+def probabilities(model: nn.Module, images: torch.Tensor, batch: int = 256) -> np.ndarray:
+    """Softmax probabilities (N, C) of a classifier on model inputs (N, 3, S, S) in [-1, 1], in batches."""
+    return torch.cat([F.softmax(model(images[i:i + batch]), 1) for i in range(0, len(images), batch)]).numpy()
 
 
 def build_classifier(arch: str, num_classes: int, image_size: int, **kwargs) -> nn.Module:

@@ -46,13 +46,11 @@ def run(params: Params, ctx: JobContext) -> dict:
     import json
 
     import numpy as np
-    import torch
-    import torch.nn.functional as F
 
     from engine.data.labels import CLASSES
     from engine.data.tensors import labels_of, load_array, to_model_input
     from engine.metrics import classification_report
-    from engine.models.classifier import DihedralTTA, load_classifier
+    from engine.models.classifier import DihedralTTA, load_classifier, probabilities
     from engine.models.profiling import count_flops, count_parameters, latency_ms
     from engine.recipes.common import artifact_path
 
@@ -63,15 +61,10 @@ def run(params: Params, ctx: JobContext) -> dict:
     x = to_model_input(load_array(ctx.workspace, items, meta["image_size"]))
     y = labels_of(items)
     ctx.progress(0, 2, f"predicting {len(y)} real test images" + (" (8 views each)" if params.tta else ""))
-
-    def probabilities(net: torch.nn.Module, batch: int) -> np.ndarray:
-        with torch.no_grad():
-            return torch.cat([F.softmax(net(x[i:i + batch]), 1) for i in range(0, len(x), batch)]).numpy()
-
-    single = classification_report(probabilities(model, 256), np.asarray(y), CLASSES)
+    single = classification_report(probabilities(model, x), np.asarray(y), CLASSES)
     if params.tta:
         model = DihedralTTA(model)
-        report = classification_report(probabilities(model, 64), np.asarray(y), CLASSES)
+        report = classification_report(probabilities(model, x, batch=64), np.asarray(y), CLASSES)
     else:
         report = single
     report["tta"] = "mean over the 8 flips/rotations" if params.tta else None

@@ -48,15 +48,6 @@ class Params(BaseModel, extra="forbid"):
                                         "measures it by default): 8x the compute per answer.")
 
 
-def probabilities(model: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> np.ndarray:
-    """Softmax probabilities (N, C) of a classifier on model inputs (N, 3, S, S) in [-1, 1]."""
-    import torch
-
-    with torch.no_grad():
-        return torch.cat([torch.softmax(model(images[i:i + batch]), 1)
-                          for i in range(0, len(images), batch)]).numpy()
-
-
 def onnx_probabilities(path: Path, images: np.ndarray) -> np.ndarray:
     import numpy as np
     import onnxruntime as ort
@@ -83,7 +74,7 @@ def export_model(model: torch.nn.Module, meta: dict, out: Path, check_images: to
     import numpy as np
     import torch
 
-    from engine.models.classifier import save_classifier
+    from engine.models.classifier import probabilities, save_classifier
 
     size = meta["image_size"]
     save_classifier(model, out, meta | {"tta": tta})
@@ -136,6 +127,8 @@ def export_for_serving(model: torch.nn.Module, meta: dict, out: Path, check_imag
                        target_accuracy: float = 0.9, evaluation: dict | None = None, tta: bool = False) -> dict:
     """Everything the demo serves, into `out` (see the module docstring). Without validation images there is no
     serving.json and the demo says the model is not calibrated. Returns {"max_abs_diff", "serving"}."""
+    from engine.models.classifier import probabilities
+
     out.mkdir(parents=True, exist_ok=True)
     diffs = export_model(model, meta, out, check_images, tolerance, tta)
     serving = None

@@ -32,9 +32,9 @@ def make_export(folder: Path, arch: str = "efficientnet_b0", size: int = 64, **k
     """An untrained student exported for serving exactly as the export job does it (export_for_serving), with an
     evaluation of the same shape as the evaluate job's (on phantom images, which the model card then shows)."""
     from engine.metrics import classification_report
-    from engine.models.classifier import build_classifier
+    from engine.models.classifier import build_classifier, probabilities
     from engine.models.profiling import count_flops, count_parameters, latency_ms
-    from engine.recipes.export import export_for_serving, probabilities
+    from engine.recipes.export import export_for_serving
 
     torch.manual_seed(0)
     model = build_classifier(arch, len(CLASSES), size, **kwargs).eval()
