@@ -462,12 +462,18 @@ def _follow(client, job_id: int) -> int:
             (bar.write if bar else typer.echo)(chunk.text.rstrip("\n"))
         offset = chunk.offset
         if job.progress.total:
-            if bar is None:
-                bar = tqdm(total=int(job.progress.total), desc=f"job {job_id}", unit="step")
-            bar.total = int(job.progress.total)
-            bar.n = int(job.progress.done or 0)
-            bar.set_postfix_str(job.progress.message or "", refresh=False)
-            bar.refresh()
+            done, message = int(job.progress.done or 0), job.progress.message or ""
+            if bar is None:  # started at the job's current step, so the rate counts only steps seen here;
+                # drawn on change only (polls outpace steps), and then always: the poll interval paces it
+                bar = tqdm(total=int(job.progress.total), initial=done, desc=f"job {job_id}", unit="step",
+                           postfix=message, mininterval=0)
+            if done != bar.n or message != (bar.postfix or ""):
+                bar.total = int(job.progress.total)
+                bar.set_postfix_str(message, refresh=False)
+                if done != bar.n:
+                    bar.update(done - bar.n)
+                else:
+                    bar.refresh()
         if job.state.value in ("succeeded", "failed", "cancelled") and chunk.finished:
             if bar:
                 bar.close()

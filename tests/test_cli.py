@@ -129,3 +129,25 @@ def test_the_train_table_shows_each_arm_with_and_without_test_time_augmentation(
     header, row = capsys.readouterr().out.strip().splitlines()[-2:]
     assert header.split()[:4] == ["arm", "macro-F1", "1", "view"]
     assert row.split()[-9:] == ["0.523", "0.500", "0.551", "0.738", "0.914", "0.117", "4.02M", "0.512", "17.6"]
+
+
+def test_following_a_job_draws_each_step_once_however_often_it_polls(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import engine.cli as cli
+    from engine.schemas import LogChunk
+
+    # The job reports steps 3, 3, 3, 6, 6, 9 to successive polls, then ends.
+    states = iter([(3, "running")] * 3 + [(6, "running")] * 2 + [(9, "running"), (9, "succeeded")])
+
+    def job(job_id):
+        done, state = next(states)
+        progress = SimpleNamespace(total=9, done=done, message=f"loss {done}")
+        return SimpleNamespace(progress=progress, state=SimpleNamespace(value=state), error=None)
+
+    client = SimpleNamespace(job=job, job_logs=lambda job_id, offset: LogChunk(text="", offset=0, finished=True))
+    monkeypatch.setattr(cli.time, "sleep", lambda seconds: None)
+    assert cli._follow(client, 7) == 0
+    drawn = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()]
+    assert [re.search(r"(\d)/9", line).group(1) for line in drawn] == ["3", "6", "9", "9"]  # the last: close()
+    assert drawn[1].endswith("loss 6]")
