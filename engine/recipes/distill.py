@@ -37,7 +37,7 @@ def run(params: Params, ctx: JobContext) -> dict:
     fit_params = FitParams(**params.model_dump(exclude={"teacher", "use_teacher", "temperature", "alpha",
                                                         "teacher_tta"}))
     best = fit(model, fit_params, ctx, teacher=teacher,
-               teacher_size=teacher_meta["image_size"] if teacher_meta else None,
+               teacher_meta=teacher_meta,
                temperature=params.temperature, alpha=params.alpha, teacher_tta=params.teacher_tta,
                meta={"role": "student", "teacher": str(teacher_dir) if teacher_dir else None})
     return {"val": best, "distilled": teacher is not None}

@@ -58,9 +58,11 @@ def version_arrays(ctx: JobContext, version: str, split: str, size: int, use_syn
     return load_array(ctx.workspace, items, size), labels_of(items)
 
 
-def teacher_targets(teacher, images: np.ndarray, accelerator, ctx: JobContext, batch: int = 128):
+def teacher_targets(teacher, images: np.ndarray, accelerator, ctx: JobContext, batch: int = 128,
+                    bf16: bool = False):
     """The teacher's mean over the 8 flips/rotations (log-probabilities, (N, C)) of uint8 images (N, S, S, 3),
-    computed once per teacher weights × images and kept in the workspace cache: the KD arms of a run share them."""
+    computed once per teacher weights × images × precision and kept in the workspace cache: the KD arms of a run
+    share them. `bf16`: in the precision the teacher trained in (bf16 autocast), whatever the student's."""
     import hashlib
     import time
 
@@ -70,7 +72,7 @@ def teacher_targets(teacher, images: np.ndarray, accelerator, ctx: JobContext, b
     from engine.data.tensors import cached_array, to_model_input
     from engine.models.classifier import DihedralTTA
 
-    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes() + (b"bf16" if bf16 else b"fp32"))
     for tensor in teacher.state_dict().values():
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     path = ctx.workspace / "cache" / "teacher_targets" / f"{digest.hexdigest()[:24]}.npy"
@@ -78,7 +80,7 @@ def teacher_targets(teacher, images: np.ndarray, accelerator, ctx: JobContext, b
 
     def compute() -> np.ndarray:
         views, out = DihedralTTA(teacher), []
-        with torch.no_grad(), accelerator.autocast():
+        with torch.no_grad(), torch.autocast(accelerator.device.type, torch.bfloat16, enabled=bf16):
             for i in range(0, len(images), batch):
                 x = to_model_input(images[i:i + batch]).to(accelerator.device)
                 out.append(views(x).float().cpu())
@@ -86,16 +88,17 @@ def teacher_targets(teacher, images: np.ndarray, accelerator, ctx: JobContext, b
         return torch.cat(out).numpy()
 
     targets = torch.from_numpy(np.array(cached_array(path, compute)))
-    ctx.log(f"teacher targets: mean over 8 flips/rotations of {len(targets)} images, " +
+    ctx.log(f"teacher targets: mean over 8 flips/rotations of {len(targets)} images ({'bf16' if bf16 else 'fp32'}), " +
             ("reused from the cache" if reused else f"{time.perf_counter() - started:.0f} s"))
     return targets
 
 
-def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size: int | None = None,
+def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_meta: dict | None = None,
         temperature: float = 4.0, alpha: float = 0.5, teacher_tta: bool = False, meta: dict | None = None) -> dict:
     """Train `model` in place, keeping the best val macro-F1 weights as a `classifier` artifact. Returns the best
     validation figures. With `teacher_tta`, the distillation target of each training image is the teacher's mean
-    over its 8 flips/rotations, computed once (`teacher_targets`); else the teacher sees each augmented batch."""
+    over its 8 flips/rotations, computed once (`teacher_targets`); else the teacher sees each augmented batch.
+    `teacher_meta` is the teacher's saved record: its input size and training precision."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -138,13 +141,14 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
     if teacher is not None:
         teacher.to(dev).eval()
     training_model, optimizer = accelerator.prepare(model, optimizer)
-    targets = None
+    targets, teacher_meta = None, teacher_meta or {}
+    teacher_size = teacher_meta.get("image_size", params.image_size)
     if teacher is not None and teacher_tta:
-        x_teacher, _ = version_arrays(ctx, version, "train", teacher_size or params.image_size, params.use_synthetic)
-        targets = teacher_targets(teacher, x_teacher, accelerator, ctx)
+        x_teacher, _ = version_arrays(ctx, version, "train", teacher_size, params.use_synthetic)
+        targets = teacher_targets(teacher, x_teacher, accelerator, ctx, bf16=teacher_meta.get("mixed_precision", False))
     meta = {"arch": params.arch, "image_size": params.image_size, "kwargs": params.arch_kwargs,
             "classes": list(CLASSES), "dataset": version, "use_synthetic": params.use_synthetic,
-            "distilled": teacher is not None, **(meta or {})}
+            "distilled": teacher is not None, "mixed_precision": params.mixed_precision, **(meta or {})}
 
     for step in range(start + 1, params.steps + 1):
         model.train()
@@ -161,7 +165,7 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_size
                                          params.label_smoothing)
             elif teacher is not None:
                 with torch.no_grad():
-                    tx = x if teacher_size in (None, params.image_size) else \
+                    tx = x if teacher_size == params.image_size else \
                         F.interpolate(x, size=teacher_size, mode="bilinear", antialias=True, align_corners=False)
                     teacher_logits = teacher(tx)
                 loss = distillation_loss(logits.float(), teacher_logits.float(), labels, temperature, alpha,

@@ -32,3 +32,17 @@ def test_targets_are_the_teachers_eight_view_mean_and_are_reused_only_for_the_sa
     other = teacher_targets(teacher, images, Accelerator(cpu=True), ctx)
     assert "reused" not in logs[-1] and not torch.allclose(other, first)
     assert len(list((tmp_path / "cache" / "teacher_targets").glob("*.npy"))) == 2
+
+
+def test_targets_in_the_teachers_bf16_are_kept_apart_from_fp32_ones(tmp_path):
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 7)).eval()
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    logs = []
+    ctx = SimpleNamespace(workspace=tmp_path, log=logs.append, progress=lambda *args: None)
+
+    fp32 = teacher_targets(teacher, images, Accelerator(cpu=True), ctx)
+    bf16 = teacher_targets(teacher, images, Accelerator(cpu=True), ctx, bf16=True)
+    assert "(bf16)" in logs[-1] and "reused" not in logs[-1]  # not the fp32 targets from the cache
+    assert not torch.equal(bf16, fp32) and torch.allclose(bf16, fp32, atol=0.1)  # rounded, not another answer
+    assert len(list((tmp_path / "cache" / "teacher_targets").glob("*.npy"))) == 2

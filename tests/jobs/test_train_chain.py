@@ -58,6 +58,7 @@ def test_arms_differ_only_in_their_flags_and_are_evaluated_on_real_test(trained)
             assert report["tta"] and 0 <= report["single_view"]["macro_f1"] <= 1  # both figures, told apart
     distill_log = client.job_logs(jobs["curated.efficientnet_b0"].id).text
     assert "distilling at T=" in distill_log and "teacher targets: mean over 8 flips/rotations" in distill_log
+    assert "images (bf16)" in distill_log  # the precision the teacher trained in, not the fp32 student's
     # Same teacher, same images at the teacher's size: the second KD arm reuses the first one's targets.
     assert "reused from the cache" not in distill_log
     assert "reused from the cache" in client.job_logs(jobs["curated.vit_tiny_patch16_224"].id).text
