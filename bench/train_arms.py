@@ -7,9 +7,11 @@ no near-copies, one image per duplicate group) stand in for the clinicians — s
 measured. Needs a workspace where the generator chain has run (dermae pipeline generator).
 
     python bench/train_arms.py --workspace WS [--profile tiny] [--min-intended 0.5] [--arms uncurated,curated]
+                               [--students efficientnet_b0]
 
 `--arms` runs some of them (the real-only and the curated + MAE + KD arms are also what `make train` runs, so a
 workspace that has run it needs only the other two); MAE and the teacher are trained only for the KD arm.
+`--students` runs some of the profile's students (those whose settings changed since the last table).
 """
 
 from __future__ import annotations
@@ -41,12 +43,19 @@ def main() -> None:
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--min-intended", type=float, default=0.5)
     parser.add_argument("--arms", default=",".join(ARMS), help=f"Comma-separated, from {', '.join(ARMS)}.")
+    parser.add_argument("--students", help="Comma-separated architectures; default: all of the profile's.")
     args = parser.parse_args()
     unknown = set(args.arms.split(",")) - set(ARMS)
     if unknown:
         parser.error(f"unknown arms {sorted(unknown)}: choose from {', '.join(ARMS)}")
     arms = {a: ARMS[a] for a in args.arms.split(",")}
     profile = load_profile(args.profile)
+    archs = [s["arch"] for s in profile.students]
+    chosen = args.students.split(",") if args.students else archs
+    if set(chosen) - set(archs):
+        parser.error(f"unknown students {sorted(set(chosen) - set(archs))}: profile {args.profile} has "
+                     f"{', '.join(archs)}")
+    students = [s for s in profile.students if s["arch"] in chosen]
     server = None
     try:
         client = Client.from_settings(Settings.from_env(args.workspace), timeout=60)
@@ -68,7 +77,7 @@ def main() -> None:
             PipelineStep(key="teacher", kind="finetune", after_keys=["mae"],
                          params=profile.params("finetune", dataset=versions["scores"])),
         ] if any(teacher for *_, teacher in arms.values()) else []
-        for student in profile.students:
+        for student in students:
             for arm, (label, sel, synthetic, teacher) in arms.items():
                 key = f"{arm}.{student['arch']}"
                 steps.append(PipelineStep(key=key, kind="distill", after_keys=["teacher"] if teacher else [],
