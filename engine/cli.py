@@ -454,12 +454,13 @@ def _follow(client, job_id: int) -> int:
     """Stream the log and draw a progress bar until the job ends; exit code 0 only if it succeeded."""
     from tqdm import tqdm
 
-    offset, bar = 0, None
+    offset, bar, last_line = 0, None, ""
     while True:
         chunk = _call(client.job_logs, job_id, offset=offset)
         job = _call(client.job, job_id)
-        if chunk.text:
+        if chunk.text.strip():
             (bar.write if bar else typer.echo)(chunk.text.rstrip("\n"))
+            last_line = chunk.text.strip().splitlines()[-1]
         offset = chunk.offset
         if job.progress.total:
             done, message = int(job.progress.done or 0), job.progress.message or ""
@@ -477,7 +478,9 @@ def _follow(client, job_id: int) -> int:
         if job.state.value in ("succeeded", "failed", "cancelled") and chunk.finished:
             if bar:
                 bar.close()
-            typer.echo(f"job {job_id} {job.state.value}" + (f": {job.error}" if job.error else ""))
+            outcome = f"job {job_id} {job.state.value}" + (f": {job.error}" if job.error else "")
+            if last_line != outcome:  # the job's own log ends with it, unless it never ran (cancelled while queued)
+                typer.echo(outcome)
             return 0 if job.state.value == "succeeded" else 1
         time.sleep(0.5)
 

@@ -145,9 +145,14 @@ def test_following_a_job_draws_each_step_once_however_often_it_polls(monkeypatch
         progress = SimpleNamespace(total=9, done=done, message=f"loss {done}")
         return SimpleNamespace(progress=progress, state=SimpleNamespace(value=state), error=None)
 
-    client = SimpleNamespace(job=job, job_logs=lambda job_id, offset: LogChunk(text="", offset=0, finished=True))
+    logs = iter(["step 3\n", "", "", "", "", "", "step 9\njob 7 succeeded\n"])  # the runner's last line
+    client = SimpleNamespace(job=job, job_logs=lambda job_id, offset: LogChunk(text=next(logs), offset=0,
+                                                                              finished=True))
     monkeypatch.setattr(cli.time, "sleep", lambda seconds: None)
     assert cli._follow(client, 7) == 0
-    drawn = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()]
-    assert [re.search(r"(\d)/9", line).group(1) for line in drawn] == ["3", "6", "9", "9"]  # the last: close()
+    out, err = capsys.readouterr()
+    drawn = [line for line in err.replace("\r", "\n").splitlines() if re.search(r"\d/9", line)]
+    # Each step once; then 9 redrawn below the log's last lines, and by close().
+    assert [re.search(r"(\d)/9", line).group(1) for line in drawn] == ["3", "6", "9", "9", "9"]
     assert drawn[1].endswith("loss 6]")
+    assert out.splitlines() == ["step 3", "step 9", "job 7 succeeded"]  # the outcome once, not echoed again
