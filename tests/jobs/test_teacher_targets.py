@@ -1,9 +1,10 @@
-"""Distillation targets: the teacher's 8-view mean, computed once per teacher weights × images and shared
-through the workspace cache by the KD arms of a run."""
+"""Distillation targets: the teacher's 8-view mean, computed once per teacher weights × images × precision and
+shared through the workspace cache by the KD arms of a run."""
 
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from accelerate import Accelerator
 
@@ -11,13 +12,19 @@ from engine.models.classifier import DihedralTTA
 from engine.recipes.fitting import teacher_targets
 
 
-def test_targets_are_the_teachers_eight_view_mean_and_are_reused_only_for_the_same_teacher(tmp_path):
+@pytest.fixture
+def setup(tmp_path):
+    """A linear teacher on 8px images, 5 images, and a job context whose log lines are kept in `logs`."""
     torch.manual_seed(0)
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 7)).eval()
     images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
     logs = []
     ctx = SimpleNamespace(workspace=tmp_path, log=logs.append, progress=lambda *args: None)
+    return teacher, images, ctx, logs
 
+
+def test_targets_are_the_teachers_eight_view_mean_and_are_reused_only_for_the_same_teacher(setup, tmp_path):
+    teacher, images, ctx, logs = setup
     first = teacher_targets(teacher, images, Accelerator(cpu=True), ctx, batch=2)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
@@ -34,13 +41,8 @@ def test_targets_are_the_teachers_eight_view_mean_and_are_reused_only_for_the_sa
     assert len(list((tmp_path / "cache" / "teacher_targets").glob("*.npy"))) == 2
 
 
-def test_targets_in_the_teachers_bf16_are_kept_apart_from_fp32_ones(tmp_path):
-    torch.manual_seed(0)
-    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 7)).eval()
-    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
-    logs = []
-    ctx = SimpleNamespace(workspace=tmp_path, log=logs.append, progress=lambda *args: None)
-
+def test_targets_in_the_teachers_bf16_are_kept_apart_from_fp32_ones(setup, tmp_path):
+    teacher, images, ctx, logs = setup
     fp32 = teacher_targets(teacher, images, Accelerator(cpu=True), ctx)
     bf16 = teacher_targets(teacher, images, Accelerator(cpu=True), ctx, bf16=True)
     assert "(bf16)" in logs[-1] and "reused" not in logs[-1]  # not the fp32 targets from the cache
