@@ -72,7 +72,8 @@ def teacher_targets(teacher, images: np.ndarray, accelerator, ctx: JobContext, b
     from engine.data.tensors import cached_array, to_model_input
     from engine.models.classifier import DihedralTTA
 
-    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes() + (b"bf16" if bf16 else b"fp32"))
+    precision = "bf16" if bf16 else "fp32"
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes() + precision.encode())
     for tensor in teacher.state_dict().values():
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     path = ctx.workspace / "cache" / "teacher_targets" / f"{digest.hexdigest()[:24]}.npy"
@@ -88,7 +89,7 @@ def teacher_targets(teacher, images: np.ndarray, accelerator, ctx: JobContext, b
         return torch.cat(out).numpy()
 
     targets = torch.from_numpy(np.array(cached_array(path, compute)))
-    ctx.log(f"teacher targets: mean over 8 flips/rotations of {len(targets)} images ({'bf16' if bf16 else 'fp32'}), " +
+    ctx.log(f"teacher targets: mean over 8 flips/rotations of {len(targets)} images ({precision}), " +
             ("reused from the cache" if reused else f"{time.perf_counter() - started:.0f} s"))
     return targets
 
