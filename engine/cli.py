@@ -123,10 +123,10 @@ def _import_default(client, profile_name: str) -> None:
     typer.echo(f"Importing the default data: {source.description}")
     result = _call(client.import_data, source.format, source.path, split_seed=profile.data.split_seed,
                    phantom_size=profile.data.phantom_size)
-    typer.echo(f"Imported {result.n_added} images (batch {result.batch_id}).")
+    _print_import(result)
     if result.phantom:
-        typer.secho("Note: this is PHANTOM data, not clinical data. For DermaMNIST, set "
-                    "DERMAE_DATA=/path/to/dermamnist.npz.", fg=typer.colors.YELLOW)
+        typer.secho("Note: this is PHANTOM data, not clinical data. For real data, set DERMAE_DATA to a HAM10000 "
+                    "folder (with HAM10000_metadata.csv) or a dermamnist.npz.", fg=typer.colors.YELLOW)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -205,17 +205,22 @@ def demo(
     workspace: Workspace = None,
     host: Annotated[str, typer.Option()] = DEFAULT_HOST,
     port: Annotated[int, typer.Option()] = DEFAULT_PORT,
-    profile: Annotated[str, typer.Option(help="smoke | tiny | paper (configs/).")] = "tiny",
+    profile: Annotated[str | None, typer.Option(
+        help="A profile of configs/ (cpu64, tiny, smoke, paper); default: the one made for the default data "
+             "(cpu64 for HAM10000 and phantom lesions, tiny for 28 px DermaMNIST).")] = None,
     studio_port: StudioPort = DEFAULT_STUDIO_PORT,
     studio: StudioFlag = True,
 ) -> None:
-    """`up`, and on an empty workspace: import the embedded default data (DermaMNIST if found, else phantom),
-    make two demo accounts, and start the generator chain so synthetic lesions arrive for review."""
+    """`up`, and on an empty workspace: import the default data (HAM10000 at 200x150 if found, else DermaMNIST,
+    else phantom lesions), make two demo accounts, and start the generator chain so synthetic lesions arrive for
+    review."""
+    from engine.data.default import default_source
     from engine.profiles import load_profile
 
     try:
+        profile = profile or default_source().profile
         load_profile(profile)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         _fail(str(e), code=2)
     _run_up(_settings(workspace), host, port, studio_port if studio else None, demo_profile=profile)
 
@@ -226,6 +231,9 @@ def import_(
     path: Annotated[Path | None, typer.Argument(help="Dataset folder or file (not for phantom).")] = None,
     split_seed: Annotated[int, typer.Option(help="Seed of the lesion-aware split (sources without splits).")]
     = 0,
+    skip_missing: Annotated[bool, typer.Option(
+        "--skip-missing", help="ham10000 / isic: import the rows whose image file is there and list the others "
+                               "(default: any missing file fails the whole import).")] = False,
     workspace: Workspace = None,
 ) -> None:
     """Import a dataset through the engine, as one transaction (all of it or nothing)."""
@@ -237,11 +245,23 @@ def import_(
         _fail(f"unknown format {format!r}; choose one of {', '.join(f.value for f in ImportFormat)}", code=2)
     client = _client(workspace)
     typer.echo(f"Importing {fmt.value} from {path or 'the phantom generator'} …", err=True)
-    result = _call(client.import_data, fmt, str(path.resolve()) if path else None, split_seed=split_seed)
-    typer.echo(f"{result.n_added} of {result.n_records} images added (batch {result.batch_id})")
+    if skip_missing and fmt not in (ImportFormat.ham10000, ImportFormat.isic):
+        _fail(f"--skip-missing is for ham10000 and isic tables, not {fmt.value}", code=2)
+    result = _call(client.import_data, fmt, str(path.resolve()) if path else None, split_seed=split_seed,
+                   skip_missing=skip_missing)
+    _print_import(result)
+
+
+def _print_import(result) -> None:
+    typer.echo(f"{result.n_added} of {result.n_records} images added (batch {result.batch_id})"
+               + (f", split {result.split_kind.value}" if result.split_kind else ""))
     for split, counts in result.added.items():
         if any(counts.values()):
             typer.echo(f"  {split:<5} " + "  ".join(f"{c} {n}" for c, n in counts.items()))
+    if result.skipped:
+        typer.secho(f"{len(result.skipped)} row(s) skipped, their image file missing:", fg=typer.colors.YELLOW)
+        for row in result.skipped:
+            typer.echo(f"  - {row}")
 
 
 @app.command()
@@ -300,7 +320,8 @@ def submit(
 @app.command()
 def pipeline(
     name: Annotated[str, typer.Argument(help="generator: reference classifier, VAE, LDM, generate, score.")],
-    profile: Annotated[str, typer.Option(help="smoke | tiny | paper (configs/).")] = "tiny",
+    profile: Annotated[str, typer.Option(help="cpu64 (HAM10000 at 64 px, the default) | tiny (DermaMNIST at 32 px) "
+                                              "| smoke | paper (configs/).")] = "cpu64",
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow each job with a progress bar.")] = False,
     workspace: Workspace = None,
 ) -> None:
@@ -326,7 +347,8 @@ def pipeline(
 
 @app.command()
 def train(
-    profile: Annotated[str, typer.Option(help="smoke | tiny | paper (configs/).")] = "tiny",
+    profile: Annotated[str, typer.Option(help="cpu64 (HAM10000 at 64 px, the default) | tiny (DermaMNIST at 32 px) "
+                                              "| smoke | paper (configs/).")] = "cpu64",
     dataset: Annotated[str | None, typer.Option(help="Dataset version; default: the newest (a real-only one is "
                                                      "frozen if there is none).")] = None,
     workspace: Workspace = None,

@@ -147,9 +147,9 @@ class Client:
 
     # data -------------------------------------------------------------------------------------------------
     def import_data(self, format: ImportFormat | str, path: str | None = None, *, split_seed: int = 0,
-                    phantom_size: int = 1000) -> ImportResult:
+                    phantom_size: int = 1000, skip_missing: bool = False) -> ImportResult:
         req = ImportRequest(format=ImportFormat(format), path=path, split_seed=split_seed,
-                            phantom_size=phantom_size)
+                            phantom_size=phantom_size, skip_missing=skip_missing)
         # Large imports validate every image before answering: allow them time.
         response = self._request("POST", "/imports", json=req.model_dump(mode="json"), timeout=3600)
         return ImportResult.model_validate(response.json())

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Base64Bytes, BaseModel, Field, model_validator
 
 from engine.data.labels import PerClass
+from engine.data.splits import SplitKind
 
 ClassCounts = dict[str, int]
 
@@ -63,6 +64,8 @@ class ImportRequest(BaseModel):
                                                                  "`phantom`.")
     split_seed: int = Field(0, description="Seed of the lesion-aware split, for sources without splits.")
     phantom_size: int = Field(1000, ge=70, le=20000, description="Number of phantom images.")
+    skip_missing: bool = Field(False, description="HAM10000 / ISIC: import the rows whose image file is there and "
+                                                  "list the others (default: a missing file fails the import).")
 
     @model_validator(mode="after")
     def _path_given(self) -> ImportRequest:
@@ -79,6 +82,9 @@ class ImportResult(BaseModel):
     n_added: int = Field(description="Images new to the database (0 when the same data is imported again).")
     phantom: bool
     added: dict[str, ClassCounts] = Field(description="Added images per split and class.")
+    split_kind: SplitKind | None = Field(description="How the real images were split (None: nothing added).")
+    skipped: list[str] = Field([], description="Rows left out because their image file is missing "
+                                               "(skip_missing), each named.")
 
 
 class ImportBatch(BaseModel):
@@ -89,6 +95,8 @@ class ImportBatch(BaseModel):
     n_records: int
     n_added: int
     phantom: bool
+    split_kind: SplitKind | None = Field(None, description="None for batches imported before it was recorded.")
+    skipped: list[str] = []
 
 
 class Stats(BaseModel):
@@ -414,8 +422,8 @@ class Session(BaseModel):
 # review --------------------------------------------------------------------------------------------------------
 Decision = Literal["accept", "reject", "unsure"]
 Reason = Literal["unrealistic_texture", "wrong_class_features", "artifact", "duplicate", "near_copy", "other"]
-ReviewSort = Literal["newest", "oldest", "intended_prob", "-intended_prob", "nearest_real_dist",
-                     "-nearest_real_dist", "dup_group", "sharpness"]
+ReviewSort = Literal["newest", "oldest", "intended_prob", "-intended_prob", "judge_prob", "-judge_prob",
+                     "nearest_real_dist", "-nearest_real_dist", "dup_group", "sharpness"]
 
 
 class ReviewIn(BaseModel, extra="forbid"):
@@ -462,13 +470,16 @@ class ReviewItem(BaseModel):
     reviewers: list[str]
     my_decision: Decision | None = Field(description="The signed-in reviewer's own live decision.")
     my_seq: int | None = Field(description="Its event number (what undo takes).")
-    intended_prob: float | None
+    intended_prob: float | None = Field(description="The selector's (reference classifier's) probability of the "
+                                                    "intended class: what generate ranked candidates by.")
     nearest_real_dist: float | None
     nearest_real_id: str | None
     near_copy: float | None
     dup_group: float | None
     sharpness: float | None
-    predicted_class: str | None
+    predicted_class: str | None = Field(description="The selector's most likely class.")
+    judge_prob: float | None = Field(description="The independent judge's probability of the intended class.")
+    judge_class: str | None = Field(description="The judge's most likely class.")
 
 
 class ReviewPage(BaseModel):

@@ -48,6 +48,26 @@ class SourceError(ValueError):
         super().__init__(text)
 
 
+class MissingImages(SourceError):
+    """The table names images the folder lacks, and that is its only problem: `records` holds every row that is
+    fine, for an import that was asked to skip the missing ones (`--skip-missing`)."""
+
+    def __init__(self, table: str, missing: list[str], records: list[SourceRecord]):
+        super().__init__(f"{table}: {len(missing)} row(s) name an image file that is not there; nothing was "
+                         "imported (--skip-missing imports the rest and lists these)", missing)
+        self.records = records
+
+
+def _finish(table: Path, records: list[SourceRecord], problems: list[str], missing: list[str]) -> list[SourceRecord]:
+    """The records, or the error that lists every problem (missing files among them, unless they are all)."""
+    if problems:
+        problems += missing
+        raise SourceError(f"{table.name}: {len(problems)} problem(s); nothing was imported", problems)
+    if missing:
+        raise MissingImages(table.name, missing, records)
+    return records
+
+
 def _reader(path: Path) -> Callable[[], bytes]:
     return path.read_bytes
 
@@ -135,7 +155,7 @@ def read_ham10000(path: Path) -> list[SourceRecord]:
     problems = _check_ids(rows, "image_id")
     images = _index_images([root / "HAM10000_images_part_1", root / "HAM10000_images_part_2",
                             root / "images", root])
-    records = []
+    records, missing = [], []
     extra = [c for c in header if c not in ("image_id", "dx", "lesion_id")]
     for i, row in enumerate(rows, start=2):
         try:
@@ -145,15 +165,13 @@ def read_ham10000(path: Path) -> list[SourceRecord]:
             continue
         file = images.get(row["image_id"])
         if file is None:
-            problems.append(f"line {i}: no image file for image_id {row['image_id']!r}")
+            missing.append(f"line {i}: no image file for image_id {row['image_id']!r}")
             continue
         records.append(SourceRecord(
             name=row["image_id"], label=label, read=_reader(file), lesion_id=row["lesion_id"] or None,
             metadata={c: row.get(c, "") for c in extra} | {"dataset": "HAM10000"},
         ))
-    if problems:
-        raise SourceError(f"{table.name}: {len(problems)} problem(s); nothing was imported", problems)
-    return records
+    return _finish(table, records, problems, missing)
 
 
 ISIC_COLUMNS = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
@@ -180,7 +198,7 @@ def read_isic(path: Path) -> list[SourceRecord]:
         lesions = {r["image"]: r["lesion_id"] for r in g_rows}
     folders = [root, root / "images", *sorted(p for p in root.glob("*Input*") if p.is_dir())]
     images = _index_images(folders)
-    records = []
+    records, missing = [], []
     for i, row in enumerate(rows, start=2):
         try:
             hot = [c for c in ISIC_COLUMNS if float(row[c] or 0) >= 0.5]
@@ -193,15 +211,13 @@ def read_isic(path: Path) -> list[SourceRecord]:
             continue
         file = images.get(row["image"])
         if file is None:
-            problems.append(f"line {i}: no image file for image {row['image']!r}")
+            missing.append(f"line {i}: no image file for image {row['image']!r}")
             continue
         records.append(SourceRecord(
             name=row["image"], label=normalise_label(hot[0]), read=_reader(file),
             lesion_id=lesions.get(row["image"]), metadata={"dataset": "ISIC2018"},
         ))
-    if problems:
-        raise SourceError(f"{table.name}: {len(problems)} problem(s); nothing was imported", problems)
-    return records
+    return _finish(table, records, problems, missing)
 
 
 def read_medmnist(path: Path) -> list[SourceRecord]:

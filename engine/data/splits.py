@@ -10,10 +10,27 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from enum import StrEnum
 
 from engine.data.labels import SPLITS
 
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)  # DermaMNIST's official 7:1:2
+
+
+class SplitKind(StrEnum):
+    """How an import's real images were split, which decides how far its test figures can be trusted."""
+
+    lesion_aware = "lesion-aware"  # split here by lesion id: no lesion in two splits
+    per_image = "per-image"  # images of one lesion may sit in two splits: optimistic figures (DermaMNIST's split)
+    given = "given"  # the source's own split folders: whether a lesion crosses them is not known
+
+
+def split_kind(lesion_ids: Sequence[str | None], split_given: bool, given: SplitKind = SplitKind.given) -> SplitKind:
+    """The kind of split an import gets: the source's own (`given`: what is known of it), else ours, lesion-aware
+    only when every image names its lesion (an image without one is split as its own lesion)."""
+    if split_given:
+        return given
+    return SplitKind.lesion_aware if lesion_ids and all(lesion_ids) else SplitKind.per_image
 
 
 def lesion_aware_split(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pyarrow as pa
@@ -34,11 +35,13 @@ class ImageQueries:
         return dict(rows)
 
     def add_batch(self, *, batch_id: str, format: str, source: str, n_records: int, rows: list[dict],
-                  phantom: bool) -> None:
+                  phantom: bool, split_kind: str | None = None, skipped: list[str] | None = None) -> None:
         """Insert the batch record and all its image rows in one transaction."""
         with self.db.transaction() as cur:
-            cur.execute("INSERT INTO import_batches VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [batch_id, format, source, utc_now(), n_records, len(rows), phantom])
+            cur.execute("INSERT INTO import_batches (id, format, source, created_at, n_records, n_added, phantom, "
+                        "split_kind, skipped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [batch_id, format, source, utc_now(), n_records, len(rows), phantom, split_kind,
+                         json.dumps(skipped or [])])
             if rows:
                 cur.register("batch_rows", pa.Table.from_pylist(rows))
                 cur.execute("INSERT INTO images BY NAME SELECT * FROM batch_rows")
@@ -103,7 +106,10 @@ class ImageQueries:
     def batches(self) -> list[dict[str, Any]]:
         cur = self.db.cursor().execute("SELECT * FROM import_batches ORDER BY created_at DESC")
         names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        for row in rows:
+            row["skipped"] = json.loads(row["skipped"] or "[]")
+        return rows
 
     def has_phantom(self) -> bool:
         return bool(self.db.cursor().execute(

@@ -224,6 +224,12 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             PRIMARY KEY (reviewer, request_id)
         );
     """),
+    (9, "import batches say how their images were split and which rows they skipped", """
+        -- lesion-aware / per-image / given: how far the figures on this data's test split can be trusted
+        ALTER TABLE import_batches ADD COLUMN split_kind VARCHAR;
+        -- rows left out because their image file was missing (--skip-missing), each named: JSON list
+        ALTER TABLE import_batches ADD COLUMN skipped JSON;
+    """),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -120,3 +120,67 @@ def test_phantom_import_is_marked_as_such(server):
     assert client.stats().phantom
     item = client.images(limit=1).items[0]
     assert item.metadata["notice"] == "phantom, not clinical data"
+
+
+def ham_missing_two(tmp_path: Path) -> Path:
+    """A HAM10000 folder whose metadata names two images the folder lacks (lines 16 and 17)."""
+    root = factories.ham_tree(tmp_path / "ham", n_per_class=2)
+    metadata = root / "HAM10000_metadata.csv"
+    metadata.write_text(metadata.read_text() + "HAM_98,ISIC_gone1,nv,histo,40,male,back\n"
+                                                "HAM_99,ISIC_gone2,df,histo,40,male,back\n")
+    return root
+
+
+MISSING_ROWS = ["line 16: no image file for image_id 'ISIC_gone1'", "line 17: no image file for image_id 'ISIC_gone2'"]
+
+
+def test_a_missing_image_file_fails_the_import_naming_the_rows(shared_server, tmp_path):
+    before = snapshot(shared_server)
+    with shared_server.client() as client, pytest.raises(ApiError) as info:
+        client.import_data("ham10000", str(ham_missing_two(tmp_path)))
+    assert info.value.status_code == 422
+    assert info.value.problems == MISSING_ROWS
+    assert "nothing was imported" in info.value.detail and "--skip-missing" in info.value.detail
+    assert snapshot(shared_server) == before
+
+
+def test_skip_missing_imports_the_rest_and_lists_the_skipped_rows(server, tmp_path):
+    client = server.client()
+    result = client.import_data("ham10000", str(ham_missing_two(tmp_path)), skip_missing=True)
+    assert result.n_records == result.n_added == 14
+    assert result.skipped == MISSING_ROWS
+    assert result.split_kind == "lesion-aware"
+    batch = client.imports()[0]
+    assert (batch.id, batch.skipped, batch.split_kind) == (result.batch_id, MISSING_ROWS, "lesion-aware")
+
+
+def test_skip_missing_does_not_excuse_other_problems(shared_server, tmp_path):
+    root = ham_missing_two(tmp_path)
+    metadata = root / "HAM10000_metadata.csv"
+    metadata.write_text(metadata.read_text().replace("ISIC_0100000,bcc", "ISIC_0100000,eczema"))
+    before = snapshot(shared_server)
+    with shared_server.client() as client, pytest.raises(ApiError) as info:
+        client.import_data("ham10000", str(root), skip_missing=True)
+    assert any("unknown label 'eczema'" in p for p in info.value.problems)
+    assert all(row in info.value.problems for row in MISSING_ROWS)  # every problem named, the missing files too
+    assert snapshot(shared_server) == before
+
+
+def test_images_of_other_sizes_import_as_they_are(server, tmp_path):
+    sizes = {"ISIC_wide": (200, 150), "ISIC_full": (600, 450), "ISIC_tall": (150, 200)}
+    root = factories.ham_tree(tmp_path / "ham", rows=[f"HAM_{i},{name},nv,histo,40,male,back"
+                                                      for i, name in enumerate(sizes)],
+                              files={name: factories.image_bytes(i, size=size)
+                                     for i, (name, size) in enumerate(sizes.items())})
+    client = server.client()
+    assert client.import_data("ham10000", str(root)).n_added == 3
+    stored = {i.original_name: (i.width, i.height) for i in client.images(limit=10).items}
+    assert stored == sizes  # real images are never resized: only training arrays are
+
+
+def test_split_kinds_are_recorded_per_import(server, tmp_path):
+    client = server.client()
+    kinds = [client.import_data("medmnist", str(factories.medmnist_npz(tmp_path / "d.npz"))).split_kind,
+             client.import_data("isic", str(factories.isic_tree(tmp_path / "isic"))).split_kind,
+             client.import_data("folder", str(factories.class_folders(tmp_path / "f", splits=True))).split_kind]
+    assert kinds == ["per-image", "per-image", "given"]  # DermaMNIST's own split; ISIC without lesion ids; folders

@@ -23,7 +23,9 @@ def test_an_old_database_is_upgraded_and_keeps_its_rows(tmp_path):
     path = tmp_path / "db.duckdb"
     old = Store(path, migrate_to=1)
     assert old.schema_version == 1
-    old.images.add_batch(batch_id="b1", format="folder", source="x", n_records=1, phantom=False, rows=[{
+    with old.db.transaction() as cur:  # a batch as version 1 wrote it
+        cur.execute("INSERT INTO import_batches VALUES ('b1', 'folder', 'x', ?, 1, 1, FALSE)", [datetime(2026, 1, 1)])
+    old.images.add_rows([{
         "id": "a" * 64, "content_id": "a" * 64, "path": "aa/a.png", "thumb_path": "aa/a.png", "label": "df",
         "source": "real", "split": "train", "lesion_id": None, "width": 28, "height": 28, "format": "PNG",
         "size_bytes": 10, "import_batch": "b1", "original_name": "a.png", "metadata": "{}",
@@ -35,6 +37,8 @@ def test_an_old_database_is_upgraded_and_keeps_its_rows(tmp_path):
     assert upgraded.schema_version == LATEST_VERSION
     assert upgraded.images.stats()["real"]["train"]["df"] == 1
     assert upgraded.images.get("a" * 64)["label"] == "df"
+    [batch] = upgraded.images.batches()
+    assert (batch["id"], batch["split_kind"], batch["skipped"]) == ("b1", None, [])  # not recorded back then
     upgraded.close()
     again = Store(path)  # reopening applies nothing twice
     assert again.schema_version == LATEST_VERSION
