@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 CHROMIUM := /usr/bin/chromium
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-PROFILE ?= tiny
+PROFILE ?= cpu64
 DATASET ?=
 
 .PHONY: install demo serve train test test-fast lint bench clean
@@ -28,8 +28,8 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
 
-demo: install  ## engine + studio on the default data (DermaMNIST via DERMAE_DATA, else phantom lesions)
-	$(BIN)/dermae demo --profile $(PROFILE)
+demo: install  ## engine + studio on the default data (HAM10000, else DermaMNIST, else phantom; DERMAE_DATA picks)
+	$(BIN)/dermae demo $(if $(filter command line environment,$(origin PROFILE)),--profile $(PROFILE))
 
 serve: install  ## the Gradio demo of the student the studio serves (MODEL=export folder: serve that one, no engine)
 	$(BIN)/python -m studio.demo $(if $(MODEL),--model $(MODEL))

@@ -1,4 +1,5 @@
-"""Profiles (configs/*.toml) as plain typed values: smoke (tests), tiny (CPU), paper (GPU)."""
+"""Profiles (configs/*.toml) as plain typed values: smoke (tests), cpu64 (the default: HAM10000 at 64 px on a CPU),
+tiny (DermaMNIST at 32 px on a CPU), paper (GPU)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-PROFILES = ("smoke", "tiny", "paper")
+PROFILES = ("smoke", "cpu64", "tiny", "paper")
+DEFAULT_PROFILE = "cpu64"
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,20 @@ def make_thumbnail(img: Image.Image) -> tuple[bytes, str]:
     return out.getvalue(), "jpg"
 
 
+def square_resize(img: Image.Image, size: int) -> Image.Image:
+    """The centre square of a frame (the lesion is centred in HAM10000's 600x450 frames), resized: bicubic up,
+    Lanczos down. What every model is trained on and served, so the margins of a frame never reach one."""
+    img = img.convert("RGB")
+    w, h = img.size
+    if w != h:
+        side = min(w, h)
+        img = img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+    if img.size[0] == size:
+        return img
+    method = Image.Resampling.BICUBIC if img.size[0] < size else Image.Resampling.LANCZOS
+    return img.resize((size, size), method)
+
+
 def encode_png(pixels: np.ndarray) -> bytes:
     """(H, W, 3) uint8 -> PNG bytes. Deterministic for a given Pillow, so re-imports hash alike."""
     out = io.BytesIO()

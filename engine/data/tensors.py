@@ -16,21 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.data.images import square_resize
 from engine.data.labels import CLASSES
 from engine.files import atomic_write_bytes
-
-
-def square_resize(img: Image.Image, size: int) -> Image.Image:
-    """Centre-crop to a square (HAM10000 is 600x450), then resize: bicubic up, Lanczos down."""
-    img = img.convert("RGB")
-    w, h = img.size
-    if w != h:
-        side = min(w, h)
-        img = img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
-    if img.size[0] == size:
-        return img
-    method = Image.Resampling.BICUBIC if img.size[0] < size else Image.Resampling.LANCZOS
-    return img.resize((size, size), method)
 
 
 def cached_array(path: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.data.images import square_resize
 from engine.data.labels import CLASS_NAMES
-from engine.data.tensors import square_resize, to_model_input
+from engine.data.tensors import to_model_input
 from studio.demo.explain import Explainer, explainer_for
 
 # Chosen by bench/serve_latency.py (ratios against eager fp32 in one run; see the README): ONNX Runtime was

@@ -10,7 +10,7 @@ from collections import defaultdict
 import streamlit as st
 
 from engine.pipelines import generator_chain, train_chain
-from engine.profiles import PROFILES, load_profile
+from engine.profiles import DEFAULT_PROFILE, PROFILES, load_profile
 from engine.schemas import TERMINAL_STATES, JobInfo, PipelineStep, PipelineSubmit
 from studio import api
 
@@ -51,15 +51,17 @@ def submit(pipeline: PipelineSubmit | None) -> None:
 
 if may_start:
     with st.expander("Start", expanded=not (api.call(client.jobs, limit=1) or api.EMPTY_JOBS).total):
-        default_profile = os.environ.get("DERMAE_PROFILE", "tiny")
+        default_profile = os.environ.get("DERMAE_PROFILE", DEFAULT_PROFILE)
         profile_name = st.selectbox("Profile", PROFILES, PROFILES.index(default_profile)
-                                    if default_profile in PROFILES else 1, key="jobs_profile",
-                                    help="smoke: seconds, for tests · tiny: 28-32 px on a CPU · paper: 256 px, GPU")
+                                    if default_profile in PROFILES else PROFILES.index(DEFAULT_PROFILE),
+                                    key="jobs_profile",
+                                    help="cpu64: HAM10000 at 64 px on a CPU (the default) · tiny: DermaMNIST at "
+                                         "28-32 px on a CPU · paper: 256 px, GPU · smoke: seconds, for tests")
         profile = load_profile(profile_name)
         generator_tab, generate_tab, train_tab = st.tabs(["Generator chain", "Generate images", "Train chain"])
         with generator_tab:
-            st.caption("Reference classifier and VAE, then the latent diffusion model, then generation for the "
-                       "planner's quotas (a score job follows).")
+            st.caption("VAE, then the latent diffusion model, then the reference classifier (the selector) and the "
+                       "independent judge, then generation for the planner's quotas (a score job follows).")
             chain = step_editor(generator_chain(profile), "jobs_gen")
             if st.button("Start the generator chain", type="primary", key="jobs_start_generator"):
                 submit(chain)
