@@ -134,6 +134,66 @@ def sample_density(real: np.ndarray, fake: np.ndarray, k: int = 3) -> np.ndarray
     return _ball_counts(f, r, _knn_radii(r, k, "real"), strict=False) / k
 
 
+def matched_size(real: np.ndarray, fake: np.ndarray, metric, draws: int = 5, seed: int = 0) -> tuple:
+    """`metric(real, fake)` with the larger set cut to the smaller one's size by random draws, averaged over
+    `draws`: precision/recall and Fréchet distance all move with the sizes of the two sets (more fake rows make
+    more k-NN balls and a higher recall; fewer rows make a larger FD), so sets compared must be of one size."""
+    r, f = _feats(real, "real"), _feats(fake, "fake")
+    n = min(len(r), len(f))
+    rng = np.random.default_rng(seed)
+    results = []
+    for _ in range(draws if max(len(r), len(f)) > n else 1):
+        rr = r[rng.choice(len(r), n, replace=False)] if len(r) > n else r
+        ff = f[rng.choice(len(f), n, replace=False)] if len(f) > n else f
+        out = metric(rr, ff)
+        results.append(out if isinstance(out, tuple) else (out,))
+    mean = tuple(float(np.mean(column)) for column in zip(*results, strict=True))
+    return mean if len(mean) > 1 else mean[0]
+
+
+def frechet_distance_at(reference: np.ndarray, feats: np.ndarray, n: int, draws: int = 5, seed: int = 0) -> float:
+    """Fréchet distance of `n` rows of (M, D) `feats` to all of (N, D) `reference`, averaged over `draws` random
+    choices of the rows (one when n = M). FD grows as n shrinks, so two sets are compared at one n."""
+    f = _feats(feats, "feats", min_rows=2)
+    if not 2 <= n <= len(f):
+        raise ValueError(f"n={n} must be between 2 and the {len(f)} rows of feats")
+    rng = np.random.default_rng(seed)
+    picks = [f] if n == len(f) else [f[rng.choice(len(f), n, replace=False)] for _ in range(draws)]
+    return float(np.mean([frechet_distance(reference, p) for p in picks]))
+
+
+def classifier_two_sample_test(real: np.ndarray, fake: np.ndarray, folds: int = 5, seed: int = 0) -> dict:
+    """Can a small classifier tell (N, D) `real` rows from (M, D) `fake` ones? (Lopez-Paz & Oquab 2017.)
+
+    The larger set is cut to the smaller one's size (chance is then exactly 0.5); a logistic regression on
+    standardised features (PCA to at most 16 dimensions, so a few dozen rows do not fit noise) is scored on
+    held-out folds. Returns accuracy, its 95% Wilson interval, a one-sided binomial p-value against chance, and the
+    number of rows per side. Accuracy near 0.5 means the two sets cannot be told apart in this feature space."""
+    from scipy.stats import binomtest
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    r, f = _feats(real, "real"), _feats(fake, "fake")
+    _same_width(r, f, "real and fake")
+    n = min(len(r), len(f))
+    if n < folds:
+        raise ValueError(f"a two-sample test with {folds} folds needs at least {folds} rows per side, got {n}")
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([r[rng.choice(len(r), n, replace=False)], f[rng.choice(len(f), n, replace=False)]])
+    y = np.repeat([0, 1], n)
+    dims = max(1, min(16, x.shape[1], n - n // folds - 1))
+    model = make_pipeline(StandardScaler(), PCA(dims, random_state=seed), LogisticRegression(max_iter=1000))
+    pred = cross_val_predict(model, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    correct = int((pred == y).sum())
+    low, high = binomtest(correct, 2 * n).proportion_ci(0.95, method="wilson")
+    p_value = binomtest(correct, 2 * n, 0.5, alternative="greater").pvalue
+    return {"accuracy": correct / (2 * n), "ci95": [float(low), float(high)], "p_value": float(p_value),
+            "n_per_side": n}
+
+
 def nearest(queries: np.ndarray, references: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """For each (Q, D) query row, the Euclidean distance to its nearest (R, D) reference row and that row's index.
 

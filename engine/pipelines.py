@@ -15,11 +15,12 @@ ARM_FIGURES = {"macro_f1": "macro-F1", "macro_f1_1view": "macro-F1, 1 view",
 
 
 def generator_chain(profile: Profile, preview: bool = False) -> PipelineSubmit:
-    """VAE (unless the profile diffuses pixels), then the diffusion model, then the reference classifier, then
-    generation (a score job follows).
-    The reference comes after the diffusion model (one job runs at a time on a CPU) so that, with `preview`, the
+    """VAE (unless the profile diffuses pixels), then the diffusion model, then the reference classifier (the
+    selector) and the independent judge, then generation (a score job follows, judged by the judge).
+    The classifiers come after the diffusion model (one job runs at a time on a CPU) so that, with `preview`, the
     first images for review — made a tenth of the way through diffusion training — arrive as early as they can;
-    they are scored once the reference exists. A first run (`dermae demo`) previews."""
+    they are scored once both classifiers exist. Generation waits for the judge too, so that the score job that
+    follows it finds one. A first run (`dermae demo`) previews."""
     ldm = profile.params("train_ldm")
     latent = not ldm.get("pixel_space", False)  # pixel-space diffusion needs no VAE
     steps = [PipelineStep(key="vae", kind="train_vae", params=profile.params("train_vae"))] if latent else []
@@ -27,11 +28,13 @@ def generator_chain(profile: Profile, preview: bool = False) -> PipelineSubmit:
         PipelineStep(key="ldm", kind="train_ldm", after_keys=["vae"] if latent else [],
                      params=ldm | ({"preview_at": max(1, ldm.get("steps", 1) // 10)} if preview else {})),
         PipelineStep(key="reference", kind="train_reference", params=profile.params("train_reference")),
+        PipelineStep(key="judge", kind="train_judge", params=profile.params("train_judge")),
     ]
+    classifiers = ["ldm", "reference", "judge"]
     if preview:
-        steps.append(PipelineStep(key="preview.score", kind="score", after_keys=["ldm", "reference"]))
+        steps.append(PipelineStep(key="preview.score", kind="score", after_keys=classifiers))
     steps.append(PipelineStep(key="generate", kind="generate", params=profile.params("generate"),
-                              after_keys=["ldm", "reference"]))
+                              after_keys=classifiers))
     return PipelineSubmit(name=f"generator-{profile.name}", steps=steps)
 
 

@@ -44,11 +44,26 @@ class SmallCNN(nn.Module):
 
 
 def load_reference(path: Path) -> tuple[torch.nn.Module, dict]:
-    """The saved classifier (eval mode) and its metadata (image_size, val recall per class …)."""
+    """A saved reference classifier or judge (eval mode) and its record (arch, image_size, val recall per class …).
+    Folders saved before references were timm-capable hold reference.pt + reference.json (a SmallCNN)."""
+    if (path / "classifier.json").exists():
+        return load_classifier(path)
     meta = json.loads((path / "reference.json").read_text())
     model = SmallCNN(len(meta["classes"]), meta["width"])
     model.load_state_dict(torch.load(path / "reference.pt", map_location="cpu", weights_only=True))
     return model.eval(), meta
+
+
+def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) normalised images -> (B, D): the features a classifier's last linear layer reads (SmallCNN's,
+    or a timm model's pooled pre-logits)."""
+    if hasattr(model, "forward_head"):
+        return model.forward_head(model.forward_features(x), pre_logits=True)
+    return model.features(x)
+
+
+def _last_layer(model: nn.Module) -> nn.Module:
+    return model.get_classifier() if hasattr(model, "get_classifier") else model.head
 
 
 @torch.no_grad()
@@ -56,9 +71,9 @@ def predict(model: torch.nn.Module, images: torch.Tensor, batch: int = 512) -> t
     """Images in [-1, 1] (N, 3, H, W) -> (probabilities (N, C), features (N, D))."""
     probs, feats = [], []
     for i in range(0, len(images), batch):
-        f = model.features(images[i:i + batch])
+        f = embed(model, images[i:i + batch])
         feats.append(f)
-        probs.append(F.softmax(model.head(f), dim=1))
+        probs.append(F.softmax(_last_layer(model)(f), dim=1))
     return torch.cat(probs), torch.cat(feats)
 
 

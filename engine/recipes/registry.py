@@ -18,6 +18,7 @@ from engine.recipes import (
     pretrain_mae,
     score,
     selftest,
+    train_judge,
     train_ldm,
     train_reference,
     train_vae,
@@ -33,8 +34,8 @@ class JobKind:
     then: str | None = None  # a kind the engine queues after each job of this kind (generate -> score)
 
 
-_MODULES = [selftest, train_reference, train_vae, train_ldm, finetune_sd, generate, score, pretrain_mae, finetune,
-            distill, evaluate, export]
+_MODULES = [selftest, train_reference, train_judge, train_vae, train_ldm, finetune_sd, generate, score, pretrain_mae,
+            finetune, distill, evaluate, export]
 KINDS: dict[str, JobKind] = {
     m.KIND: JobKind(m.KIND, m.Params, m.run, (m.__doc__ or "").strip().splitlines()[0], getattr(m, "THEN", None))
     for m in _MODULES

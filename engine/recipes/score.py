@@ -1,13 +1,29 @@
-"""score: automatic numbers for every synthetic image of a generation job, to help (not replace) review.
+"""score: automatic numbers for every synthetic image of a generation job, to help (not replace) review, and the
+independent judge's report of how faithful each class came out.
 
-Per image: the reference classifier's probability of the intended class; the nearest real train image in the
-classifier's feature space, its id and distance, flagged as a near-copy when closer than two distinct real
-lesions almost ever are (the 1% quantile of real-vs-real nearest distances, same-lesion pairs excluded);
-near-duplicate groups among the synthetic images at the same threshold; sharpness (variance of the Laplacian).
-Per class, synthetic vs real train: Fréchet distance and precision/recall in that same feature space — not
-Inception's, whose weights cannot be downloaded here, so the numbers compare runs, not papers.
+Two classifiers, two roles. The reference classifier is the selector: generate ranked its candidates by it, so
+its probability of the intended class is kept per image (`intended_prob`) as the number the selection used — and
+never reported as fidelity, which would be circular. The judge (train_judge: another architecture, seed and
+held-out set, never used by generate) gives per image its own probability of the intended class (`judge_prob`),
+the nearest real train image in its feature space, its id and distance, flagged as a near-copy when closer than
+two distinct real lesions almost ever are (the 1% quantile of real-vs-real nearest distances, same-lesion pairs
+excluded), and near-duplicate groups among the synthetic images at the same threshold; sharpness is the variance
+of the Laplacian.
+
+Per class, the judge reports (`per_class` of score_report.json, also the job's result):
+- intended_rate: share of synthetic images it assigns to their intended class, beside real_val_recall, its recall
+  on real val images of the class — the ceiling a faithful generator could reach;
+- precision / recall (Kynkäänniemi et al. 2019, k = 3) of the synthetic set against real images the judge never
+  trained on (real val + its held-out fold), the two sets cut to one size;
+- fd: Fréchet distance of synthetic images to real train images, at the size of the class's real val set, beside
+  fd_floor, the same distance of real val to real train — what an indistinguishable generator would score;
+- near_copies of real train images;
+- c2st: a classifier two-sample test on the same held-out real images — accuracy 0.5 means a machine cannot tell
+  the synthetic images from real ones (the automatic stand-in for the studio's visual Turing test);
+- bars: each of the profile's targets, met or not.
+All in the judge's feature space, not Inception's (its weights cannot be downloaded here): compare runs, not papers.
 A grid puts each class's synthetic images (left, the first eight generated: not the best ones) beside eight real
-train images of that class (right), so one look says whether the classes came out as themselves.
+train images of that class (right).
 """
 
 from __future__ import annotations
@@ -24,14 +40,20 @@ if TYPE_CHECKING:
     import numpy as np
 
 KIND = "score"
-FEATURE_SPACE_NOTE = ("Fréchet distance and precision/recall are measured in the reference classifier's feature "
-                      "space, not Inception's (its weights cannot be downloaded here): compare runs, not papers.")
+FEATURE_SPACE_NOTE = ("Fidelity is measured by the independent judge (never the selector), in its feature space, "
+                      "not Inception's (its weights cannot be downloaded here): compare runs, not papers.")
+# What a generator must reach per class, in the judge's eyes (issue 21's bars for the 64 px profile).
+BARS = {"intended_rate": "≥ 0.8 × the judge's real-val recall", "precision": "≥ 0.7", "recall": "≥ 0.5",
+        "near_copies": "none accepted"}
+MIN_C2ST_ROWS = 5  # per side: the two-sample test's folds need that many
 
 
 class Params(BaseModel, extra="forbid"):
     generation_job: int | None = Field(None, description="Default: the generate job this one waited on (or the "
                                                          "train_ldm job, for its preview images).")
-    reference: str | None = Field(None, description="Reference classifier folder; default: the newest.")
+    reference: str | None = Field(None, description="Reference classifier (the selector) folder; default: the "
+                                                    "newest.")
+    judge: str | None = Field(None, description="Judge classifier folder; default: the newest train_judge's.")
     near_copy_quantile: float = Field(0.01, gt=0, lt=0.5)
     k: int = Field(3, ge=1, le=20, description="Neighbours for precision/recall.")
 
@@ -44,27 +66,37 @@ def run(params: Params, ctx: JobContext) -> dict:
     from engine.data.tensors import labels_of, load_array, to_model_input
     from engine.models.classifier import load_reference, predict
     from engine.recipes.common import artifact_path, real_split
+    from engine.recipes.train_judge import HELD_OUT_FILE
 
     generation_job = params.generation_job or next(
         (j for j in ctx.after if ctx.api.job(j).kind in ("generate", "train_ldm")), None)
     if generation_job is None:
         raise ValueError("no generation job to score: pass generation_job or run after a generate job")
-    reference, meta = load_reference(artifact_path(ctx, "reference_classifier", params.reference,
-                                                   "train_reference"))
-    size = meta["image_size"]
+    reference, ref_meta = load_reference(artifact_path(ctx, "reference_classifier", params.reference,
+                                                       "train_reference"))
+    judge_dir = artifact_path(ctx, "judge_classifier", params.judge, "train_judge")
+    judge, judge_meta = load_reference(judge_dir)
     syn_items = [m.model_dump() for m in ctx.api.manifest(source="synthetic", generation_job=generation_job)]
     if not syn_items:
         return {"generation_job": generation_job, "scored": 0}
-    syn_images = load_array(ctx.workspace, syn_items, size)
     syn_labels = labels_of(syn_items)
-    real_images, real_labels, real_items = real_split(ctx, "train", size)
     ctx.progress(0, 4, "features")
 
-    syn_probs, syn_feats = predict(reference, to_model_input(syn_images))
-    _, real_feats = predict(reference, to_model_input(real_images))
-    syn_feats, real_feats = syn_feats.numpy(), real_feats.numpy()
-    intended = syn_probs[np.arange(len(syn_labels)), syn_labels].numpy()
-    predicted = syn_probs.argmax(1).numpy()
+    selector_probs, _ = predict(reference, to_model_input(load_array(ctx.workspace, syn_items,
+                                                                      ref_meta["image_size"])))
+    size = judge_meta["image_size"]
+    syn_images = load_array(ctx.workspace, syn_items, size)
+    real_images, real_labels, real_items = real_split(ctx, "train", size)
+    val_images, val_labels, _ = real_split(ctx, "val", size)
+    judge_probs, syn_feats = predict(judge, to_model_input(syn_images))
+    real_feats = predict(judge, to_model_input(real_images))[1].numpy()
+    val_feats = predict(judge, to_model_input(val_images))[1].numpy()
+    syn_feats = syn_feats.numpy()
+    held_out_ids = set(json.loads((judge_dir / HELD_OUT_FILE).read_text())) if (judge_dir / HELD_OUT_FILE).exists() \
+        else set()
+    held_out = np.array([it["id"] in held_out_ids for it in real_items], dtype=bool)
+    unseen_feats = np.concatenate([val_feats, real_feats[held_out]])  # real images the judge never trained on
+    unseen_labels = np.concatenate([val_labels, real_labels[held_out]])
     ctx.progress(1, 4, "nearest real images")
 
     distance, nearest_index = metrics.nearest(syn_feats, real_feats)
@@ -74,12 +106,18 @@ def run(params: Params, ctx: JobContext) -> dict:
     sharp = metrics.sharpness(np.asarray(syn_images))
     ctx.progress(2, 4, "uploading scores")
 
+    rows = np.arange(len(syn_labels))
+    selector_intended, judge_intended = selector_probs[rows, syn_labels].numpy(), judge_probs[rows, syn_labels].numpy()
+    selector_class, judge_class = selector_probs.argmax(1).numpy(), judge_probs.argmax(1).numpy()
     scores = []
     for i, item in enumerate(syn_items):
         scores += [
-            {"image_id": item["id"], "name": "intended_prob", "value": float(intended[i])},
-            {"image_id": item["id"], "name": "predicted_class", "value": float(predicted[i]),
-             "ref": CLASSES[predicted[i]]},
+            {"image_id": item["id"], "name": "intended_prob", "value": float(selector_intended[i])},
+            {"image_id": item["id"], "name": "predicted_class", "value": float(selector_class[i]),
+             "ref": CLASSES[selector_class[i]]},
+            {"image_id": item["id"], "name": "judge_prob", "value": float(judge_intended[i])},
+            {"image_id": item["id"], "name": "judge_class", "value": float(judge_class[i]),
+             "ref": CLASSES[judge_class[i]]},
             {"image_id": item["id"], "name": "nearest_real_dist", "value": float(distance[i]),
              "ref": real_items[nearest_index[i]]["id"]},
             {"image_id": item["id"], "name": "near_copy", "value": float(distance[i] < threshold)},
@@ -88,37 +126,65 @@ def run(params: Params, ctx: JobContext) -> dict:
         ]
     for start in range(0, len(scores), 50_000):
         ctx.api.add_scores(ctx.job_id, ctx.attempt, scores[start:start + 50_000])
-    ctx.progress(3, 4, "per-class quality")
+    ctx.progress(3, 4, "per-class fidelity")
 
     per_class: dict[str, dict] = {}
     for k, cls in enumerate(CLASSES):
-        syn_c, real_c = syn_feats[syn_labels == k], real_feats[real_labels == k]
-        if len(syn_c) == 0:
+        mine = syn_labels == k
+        if not mine.any():
             continue
-        row: dict = {"n": len(syn_c), "intended_rate": float((predicted[syn_labels == k] == k).mean()),
-                     "real_val_recall": meta["val_recall"][cls],
-                     "near_copies": int((distance[syn_labels == k] < threshold).sum())}
-        if len(syn_c) >= 2 and len(real_c) >= 2:
-            row["fd"] = metrics.frechet_distance(real_c, syn_c)
-        if len(syn_c) > params.k and len(real_c) > params.k:
-            row["precision"], row["recall"] = metrics.precision_recall(real_c, syn_c, params.k)
+        row = class_fidelity(
+            syn_feats[mine], judge_class[mine] == k, distance[mine] < threshold, judge_meta["val_recall"][cls],
+            real_train=real_feats[real_labels == k], real_val=val_feats[val_labels == k],
+            real_unseen=unseen_feats[unseen_labels == k], k=params.k)
         per_class[cls] = row
         for name, value in row.items():
-            if name != "n":
+            if isinstance(value, float | int) and not isinstance(value, bool) and name != "n":
                 ctx.log_metric(f"{name}/{cls}", value, 0)
         ctx.log(f"{cls}: " + ", ".join(f"{n} {v:.3f}" if isinstance(v, float) else f"{n} {v}"
-                                       for n, v in row.items()))
-    report = {"generation_job": generation_job, "near_copy_threshold": threshold,
-              "near_copies": int((distance < threshold).sum()),
-              "duplicate_groups": int(groups.max() + 1) if len(groups) else 0, "per_class": per_class,
-              "note": FEATURE_SPACE_NOTE}
+                                       for n, v in row.items() if n not in ("c2st", "bars")))
+    report = {"generation_job": generation_job, "judge": str(judge_dir), "judge_arch": judge_meta["arch"],
+              "judge_val_macro_f1": judge_meta.get("val_macro_f1"), "selector": ref_meta["arch"],
+              "near_copy_threshold": threshold, "near_copies": int((distance < threshold).sum()),
+              "duplicate_groups": int(groups.max() + 1) if len(groups) else 0, "bars": BARS,
+              "per_class": per_class, "note": FEATURE_SPACE_NOTE}
     ctx.save_artifact(side_by_side_grid(syn_images, syn_labels, real_images, real_labels,
                                         ctx.artifact_dir / "synthetic_vs_real.png"), "class_grid")
     path = ctx.artifact_dir / "score_report.json"
     path.write_text(json.dumps(report, indent=2))
     ctx.save_artifact(path, "score_report")
     ctx.progress(4, 4, "done")
-    return {"scored": len(syn_items), **{k: v for k, v in report.items() if k != "per_class"}}
+    return {"scored": len(syn_items), **report}
+
+
+def class_fidelity(syn: np.ndarray, judged_intended: np.ndarray, near_copy: np.ndarray, real_val_recall: float, *,
+                   real_train: np.ndarray, real_val: np.ndarray, real_unseen: np.ndarray, k: int = 3) -> dict:
+    """The judge's report on one class: `syn` the synthetic images' judge features (M, D), `judged_intended`
+    (M,) whether the judge assigned each its intended class, `near_copy` (M,) the near-copy flags; real features
+    of the class from the train split, from val, and all the judge never trained on. See the module doc."""
+    import numpy as np
+
+    from engine import metrics
+
+    row: dict = {"n": len(syn), "intended_rate": float(np.mean(judged_intended)),
+                 "real_val_recall": float(real_val_recall), "near_copies": int(np.sum(near_copy)),
+                 "n_unseen_real": len(real_unseen)}
+    if min(len(syn), len(real_unseen)) > k:
+        row["precision"], row["recall"] = metrics.matched_size(
+            real_unseen, syn, lambda real, fake: metrics.precision_recall(real, fake, k))
+    n = min(len(real_val), len(syn))
+    if n >= 2 and len(real_train) >= 2:
+        row["fd"] = metrics.frechet_distance_at(real_train, syn, n)
+        row["fd_floor"] = metrics.frechet_distance_at(real_train, real_val, n)
+        row["fd_at_n"] = n
+    if min(len(syn), len(real_unseen)) >= MIN_C2ST_ROWS:
+        row["c2st"] = metrics.classifier_two_sample_test(real_unseen, syn)
+    row["bars"] = {
+        "intended_rate": row["intended_rate"] >= 0.8 * row["real_val_recall"],
+        "precision": row.get("precision", 0.0) >= 0.7,
+        "recall": row.get("recall", 0.0) >= 0.5,
+    }
+    return row
 
 
 def side_by_side_grid(syn_images: np.ndarray, syn_labels: np.ndarray, real_images: np.ndarray,

@@ -19,6 +19,7 @@ REASONS = ("unrealistic_texture", "wrong_class_features", "artifact", "duplicate
 SORTS = {  # name -> ORDER BY; ties broken by id so pages never overlap
     "newest": "i.created_at DESC, i.id", "oldest": "i.created_at, i.id",
     "intended_prob": "sc.intended_prob NULLS FIRST, i.id", "-intended_prob": "sc.intended_prob DESC NULLS LAST, i.id",
+    "judge_prob": "sc.judge_prob NULLS FIRST, i.id", "-judge_prob": "sc.judge_prob DESC NULLS LAST, i.id",
     "nearest_real_dist": "sc.nearest_real_dist NULLS LAST, i.id",
     "-nearest_real_dist": "sc.nearest_real_dist DESC NULLS LAST, i.id",
     "dup_group": "sc.dup_group NULLS LAST, i.id", "sharpness": "sc.sharpness NULLS LAST, i.id",
@@ -60,7 +61,9 @@ sc AS (
            max(value) FILTER (name = 'near_copy') AS near_copy,
            max(value) FILTER (name = 'dup_group') AS dup_group,
            max(value) FILTER (name = 'sharpness') AS sharpness,
-           max(ref) FILTER (name = 'predicted_class') AS predicted_class
+           max(ref) FILTER (name = 'predicted_class') AS predicted_class,
+           max(value) FILTER (name = 'judge_prob') AS judge_prob,
+           max(ref) FILTER (name = 'judge_class') AS judge_class
     FROM scores GROUP BY image_id
 )
 SELECT i.id, i.label, i.generation_job, i.seed, i.guidance, i.steps, i.checkpoint, i.created_at,
@@ -68,7 +71,7 @@ SELECT i.id, i.label, i.generation_job, i.seed, i.guidance, i.steps, i.checkpoin
        coalesce(p.accepts, 0) AS accepts, coalesce(p.rejects, 0) AS rejects,
        coalesce(p.reviewers, []) AS reviewers, mine.decision AS my_decision, mine.seq AS my_seq,
        sc.intended_prob, sc.nearest_real_dist, sc.nearest_real_id, sc.near_copy, sc.dup_group, sc.sharpness,
-       sc.predicted_class, count(*) OVER () AS total
+       sc.predicted_class, sc.judge_prob, sc.judge_class, count(*) OVER () AS total
 FROM images i
 LEFT JOIN per_image p ON p.image_id = i.id
 LEFT JOIN sc ON sc.image_id = i.id
@@ -79,7 +82,8 @@ LIMIT $limit OFFSET $offset
 """
 QUEUE_COLUMNS = ("id", "label", "generation_job", "seed", "guidance", "steps", "checkpoint", "created_at", "status",
                  "accepts", "rejects", "reviewers", "my_decision", "my_seq", "intended_prob", "nearest_real_dist",
-                 "nearest_real_id", "near_copy", "dup_group", "sharpness", "predicted_class")
+                 "nearest_real_id", "near_copy", "dup_group", "sharpness", "predicted_class", "judge_prob",
+                 "judge_class")
 EVENT_COLUMNS = ("seq", "image_id", "label", "reviewer", "decision", "undoes", "reasons", "note", "created_at",
                  "undone_by")
 

@@ -30,10 +30,11 @@ def chain(tmp_path_factory):
 
 def test_every_stage_succeeds_and_a_score_job_follows_generate(chain):
     _, _, jobs = chain
-    assert list(jobs) == ["vae", "ldm", "reference", "preview.score", "generate", "generate.score"]
+    assert list(jobs) == ["vae", "ldm", "reference", "judge", "preview.score", "generate", "generate.score"]
     assert {k: j.state.value for k, j in jobs.items()} == dict.fromkeys(jobs, "succeeded"), \
         {k: j.error for k, j in jobs.items()}
     assert jobs["generate.score"].after == [jobs["generate"].id]
+    assert set(jobs["generate"].after) == {jobs[k].id for k in ("ldm", "reference", "judge")}
 
 
 def test_the_diffusion_job_previews_images_for_review_a_tenth_of_the_way(chain):
@@ -103,8 +104,10 @@ def test_every_synthetic_image_is_scored(chain):
     scores = {i: {n: v.model_dump() for n, v in named.items()} for i, named in client.scores(ids).items()}
     for image_id in ids:
         names = scores[image_id]
-        assert set(names) >= {"intended_prob", "nearest_real_dist", "near_copy", "dup_group", "sharpness"}
-        assert 0 <= names["intended_prob"]["value"] <= 1
+        assert set(names) >= {"intended_prob", "judge_prob", "judge_class", "nearest_real_dist", "near_copy",
+                              "dup_group", "sharpness"}
+        assert 0 <= names["intended_prob"]["value"] <= 1 and 0 <= names["judge_prob"]["value"] <= 1
+        assert names["judge_class"]["ref"] in CLASSES
         assert names["nearest_real_dist"]["ref"] in real_ids  # the nearest real image's id is kept
         assert names["near_copy"]["value"] in (0, 1)
     artifacts = {a.kind: a for a in client.job_artifacts(jobs["generate.score"].id)}
@@ -113,8 +116,20 @@ def test_every_synthetic_image_is_scored(chain):
     cell = grid.width // 16  # 8 synthetic + 8 real per row, a row per generated class
     assert grid.height == cell * len(report["per_class"]) > 0
     assert "Inception" in report["note"] and report["near_copy_threshold"] > 0
+    judge = jobs["judge"]
+    assert report["judge"].endswith(f"jobs/{judge.id}/artifacts/judge") and report["judge_arch"] == "resnet18"
+    assert report["selector"] == "small_cnn"  # the selector is another model, which the report never quotes
     for cls, row in report["per_class"].items():
-        assert cls in CLASSES and "intended_rate" in row and "real_val_recall" in row
+        assert cls in CLASSES and row["real_val_recall"] == judge.result["val_recall"][cls]
+        assert 0 <= row["intended_rate"] <= 1 and row["n"] == sum(i.label == cls for i in client.images(
+            source="synthetic", limit=1000).items if i.generation_job == jobs["generate"].id)
+        assert set(row["bars"]) == {"intended_rate", "precision", "recall"}
+        if "fd" in row:
+            assert row["fd"] >= 0 and row["fd_floor"] >= 0 and row["fd_at_n"] >= 2
+        # the two-sample test where its folds have rows enough (test_metrics checks what it finds)
+        assert ("c2st" in row) == (min(row["n"], row["n_unseen_real"]) >= 5)
+        assert ("precision" in row) == (min(row["n"], row["n_unseen_real"]) > 3)
+    assert jobs["generate.score"].result["per_class"] == report["per_class"]  # what the Overview reads
 
 
 def test_models_and_grids_are_artifacts_that_load_offline(chain):
@@ -148,7 +163,7 @@ def test_a_pixel_space_profile_trains_no_vae_and_generates_from_pixels(chain):
                                                                          "image_size": 16}})
     run = client.submit_pipeline(generator_chain(pixel))
     jobs = {j.pipeline_key: client.wait_for_job(j.id, timeout=600) for j in run.jobs}
-    assert list(jobs) == ["ldm", "reference", "generate", "generate.score"]  # no VAE to train
+    assert list(jobs) == ["ldm", "reference", "judge", "generate", "generate.score"]  # no VAE to train
     assert {k: j.state.value for k, j in jobs.items()} == dict.fromkeys(jobs, "succeeded"), \
         {k: j.error for k, j in jobs.items()}
     model = load_generator(server.settings.workspace / next(
