@@ -13,7 +13,8 @@ import streamlit as st
 from PIL import Image
 
 from engine.client import ApiError, Client, ServerNotFound
-from engine.schemas import JobPage, Session
+from engine.data.images import square_resize
+from engine.schemas import ImageInfo, JobPage, Session
 from engine.settings import Settings, api_url
 
 T = TypeVar("T")
@@ -97,9 +98,12 @@ def prefetch_thumbnails(signed_in: Client, image_ids: list[str]) -> None:
 
 
 @st.cache_data(max_entries=5_000, show_spinner=False)
-def image_png(_client: Client, image_id: str, side: int, smooth: bool, thumbnail: bool = True) -> bytes:
+def image_png(_client: Client, image_id: str, side: int, smooth: bool, thumbnail: bool = True, square: bool = False,
+              through: int | None = None) -> bytes:
     """An image enlarged to `side` px (nearest-neighbour keeps the pixels honest; smooth is easier on the eye).
-    Ids are content hashes, so the cache never goes stale and is shared by every session."""
+    `square`: its centre square only, the part of the frame the models are trained on; `through`: first brought
+    to that size, to show what a model of that input size sees. Ids are content hashes, so the cache never goes
+    stale and is shared by every session."""
     kept, lock = _thumbnails()
     with lock:
         data = kept.get(image_id) if thumbnail else None
@@ -108,10 +112,29 @@ def image_png(_client: Client, image_id: str, side: int, smooth: bool, thumbnail
     if data is None:
         data = _client.image_bytes(image_id, thumbnail=thumbnail)
     with Image.open(io.BytesIO(data)) as img:
-        rgb = img.convert("RGB")
+        rgb = square_resize(img, through) if through else square_resize(img, min(img.size)) if square \
+            else img.convert("RGB")
         scale = side / max(rgb.size)
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
         big = rgb.resize(size, Image.Resampling.LANCZOS if smooth else Image.Resampling.NEAREST)
     out = io.BytesIO()
     big.save(out, "PNG")
     return out.getvalue()
+
+
+@st.cache_data(max_entries=5_000, show_spinner=False)
+def image_info(_client: Client, image_id: str) -> ImageInfo:
+    """An image's record (size, class, split …); never stale: ids are content hashes."""
+    return _client.image(image_id)
+
+
+def shown_at(width: int, height: int, side: int, square: bool = False, through: int | None = None) -> str:
+    """What a caption says of an image's pixels: "64x64, shown 6x"; "150x150 centre of a 200x150 frame, shown
+    2.6x"; with `through`, the size the model sees."""
+    if through:
+        return f"centre of a {width}x{height} frame at {through}x{through}, as the model sees it, shown " \
+               f"{side / through:.2g}x"
+    if square and width != height:
+        crop = min(width, height)
+        return f"{crop}x{crop} centre of a {width}x{height} frame, shown {side / crop:.2g}x"
+    return f"{width}x{height}, shown {side / max(width, height):.2g}x"

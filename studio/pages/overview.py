@@ -1,5 +1,7 @@
-"""Overview: per class, the real train count, synthetic pending / accepted / rejected and the target; the class
-balance before and after the accepted synthetic images; generation for the planner's deficit; running jobs."""
+"""Overview: which data the workspace holds and how it was split; per class, the real train count, synthetic
+pending / accepted / rejected and the target; the class balance before and after the accepted synthetic images;
+the independent judge's verdict on the newest generated set, class by class against the bars; generation for the
+planner's deficit; running jobs."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import streamlit as st
 
 from engine.data.labels import CLASSES
 from engine.data.planner import TargetRule, class_targets, plan_quotas
-from studio import api
+from studio import api, fidelity
 
 st.title("Overview")
 client = api.client()
@@ -17,6 +19,13 @@ if stats is None:
     st.stop()
 if stats.phantom:
     st.warning("This workspace holds PHANTOM lesions (generated shapes), not clinical data.")
+batches = [b for b in (api.call(client.imports) or []) if b.n_added]
+if batches:
+    st.caption("Real data: " + "; ".join(
+        f"{b.format} ({b.n_added} images, {b.split_kind or 'unrecorded'} split)" for b in batches)
+        + ("" if all(b.split_kind == "lesion-aware" for b in batches) else
+           " — where a split is not lesion-aware, images of one lesion may sit in train and test and test figures "
+           "are optimistic."))
 
 real_train = stats.real["train"]
 accepted = stats.synthetic["accepted"]
@@ -46,6 +55,8 @@ figure.update_layout(barmode="stack", height=360, margin={"t": 30, "b": 10}, yax
                      title="Class balance: before (real) and after (stacked: + accepted synthetic)",
                      yaxis_type="log" if st.toggle("log scale", True, key="overview_log") else "linear")
 st.plotly_chart(figure, width="stretch")
+
+fidelity.show_judge_report(client)
 
 needed = sum(deficit.values())
 if api.can_decide():

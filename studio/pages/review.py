@@ -1,6 +1,8 @@
-"""Review: a class's synthetic lesions as an enlarged grid, filtered and sorted by status, generation job, scores
-and reviewer; accept / reject with reasons, in bulk or one by one with the keyboard (A accept, X reject, N next,
-U undo); the current image large beside its nearest real training image; real images of the class as a reference.
+"""Review: one synthetic lesion at a time, large, beside its nearest real training image and real images of its
+class — the real ones at their stored resolution, cropped to the centre square the models see — with the
+independent judge's and the selector's verdicts one click away; accept / reject with reasons, one by one with the
+keyboard (A accept, X reject, N next, U undo) or in bulk from the grid, filtered and sorted by status, generation
+job, scores and reviewer.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ from studio import api
 REASONS = {"unrealistic_texture": "unrealistic texture", "wrong_class_features": "wrong class features",
            "artifact": "artifact", "duplicate": "duplicate", "near_copy": "near-copy of a real image",
            "other": "other (say what in the note)"}
-SORTS = {"oldest": "oldest first", "newest": "newest first", "-intended_prob": "intended class: most likely first",
-         "intended_prob": "intended class: least likely first", "nearest_real_dist": "closest to a real image first",
+SORTS = {"oldest": "oldest first", "newest": "newest first",
+         "-judge_prob": "judge: intended class most likely first", "judge_prob": "judge: least likely first",
+         "-intended_prob": "selector: intended class most likely first",
+         "intended_prob": "selector: least likely first", "nearest_real_dist": "closest to a real image first",
          "-nearest_real_dist": "farthest from real first", "dup_group": "duplicate groups together",
          "sharpness": "blurriest first"}
 COLUMNS = 8
+READING_SIDE = 384  # on-screen px of the image being read: large enough to judge dermoscopic structure
+REAL_BESIDE = 6  # real images of the class shown beside it
 
 
 def number(value: float | None, spec: str) -> str:
@@ -44,7 +50,8 @@ sort = top[2].selectbox("Sort", list(SORTS), format_func=SORTS.get, key="review_
 mine = top[3].toggle("Only images I have not decided (my queue)", value=True, key="review_mine")
 with st.expander("Filters by score, job and reviewer · display"):
     cols = st.columns(4)
-    intended = cols[0].slider("Intended-class probability", 0.0, 1.0, (0.0, 1.0), 0.05, key="review_intended")
+    intended = cols[0].slider("Selector's intended-class probability", 0.0, 1.0, (0.0, 1.0), 0.05,
+                              key="review_intended")
     max_nearest = cols[1].number_input("Nearest-real distance at most (0 = any)", 0.0, 1e6, 0.0,
                                        key="review_max_nearest")
     generate_jobs = api.call(client.jobs, kind="generate")
@@ -80,16 +87,56 @@ state.review_cursor = min(state.review_cursor, max(0, len(items) - 1))
 current = items[state.review_cursor] if items else None
 selected = [i.id for i in items if state.get(f"select_{i.id}")]
 
-reference = api.call(client.images, source="real", split="train", label=label, limit=COLUMNS)
-api.call(api.prefetch_thumbnails, client, [i.id for i in items] + [i.id for i in (reference.items if reference
-                                                                                     else [])])
+reference = api.call(client.images, source="real", split="train", label=label, limit=REAL_BESIDE)
+api.call(api.prefetch_thumbnails, client, [i.id for i in items])
+as_model_sees = st.session_state.get("review_as_model", False)
 
-# -- reference strip --------------------------------------------------------------------------------------------
-if reference and reference.items:
-    st.caption(f"Real **{label}** images from the train split, for reference")
-    strip = st.columns(COLUMNS)
-    for column, image in zip(strip, reference.items, strict=False):
-        column.image(api.image_png(client, image.id, side, smooth), width="stretch")
+
+def real_png(image_id: str, side: int) -> tuple[bytes, str]:
+    """A real image's centre square (what the models see) enlarged smoothly, at its stored resolution or, with
+    "as the model sees it", at the synthetic images' size; and the caption saying which."""
+    info = api.image_info(client, image_id)
+    through = current_size if as_model_sees and current_size else None
+    return (api.image_png(client, image_id, side, True, thumbnail=False, square=True, through=through),
+            api.shown_at(info.width, info.height, side, square=True, through=through))
+
+
+# -- the image being read ---------------------------------------------------------------------------------------
+current_size = None
+if current is not None:
+    current_info = api.image_info(client, current.id)
+    current_size = current_info.width
+    reading = st.columns([1.3, 1.3, 1])
+    reading[0].image(api.image_png(client, current.id, READING_SIDE, True, thumbnail=False), width=READING_SIDE,
+                     caption=f"synthetic {label} ({state.review_cursor + state.review_offset + 1} of {page.total}) "
+                             f"· {api.shown_at(current_info.width, current_info.height, READING_SIDE)}")
+    if current.nearest_real_id:
+        png, shown = real_png(current.nearest_real_id, READING_SIDE)
+        reading[1].image(png, width=READING_SIDE, caption=f"nearest real training image (judge's features, "
+                                                          f"distance {current.nearest_real_dist:.3g}) · {shown}")
+    with reading[2]:
+        judge = "unscored" if current.judge_prob is None else \
+            f"**{current.judge_prob:.2f}** (it says {current.judge_class})"
+        st.markdown(f"**Judge** (independent, never selects): intended class {judge}")
+        st.markdown(f"status **{current.status}** · {current.accepts} accept, {current.rejects} reject · "
+                    f"{', '.join(current.reviewers) or 'no one yet'}")
+        if current.near_copy:
+            st.warning("Flagged as a near-copy of the nearest real image (memorisation).")
+        with st.expander("Selector, scores and provenance"):
+            st.markdown(
+                f"- selector (reference classifier, ranked the candidates): intended class "
+                f"**{number(current.intended_prob, '.3f')}** (it says {current.predicted_class or '–'})\n"
+                f"- duplicate group {'none' if current.dup_group in (None, -1) else int(current.dup_group)}, "
+                f"sharpness {number(current.sharpness, '.3g')}\n"
+                f"- generation job {current.generation_job}, seed {current.seed}, guidance {current.guidance}, "
+                f"{current.steps} steps\n- checkpoint `{current.checkpoint}`")
+        st.toggle("Real images as the model sees them", key="review_as_model",
+                  help="Off: real images at their stored resolution (centre square). On: brought to the synthetic "
+                       "images' size first, for a like-for-like look.")
+        if current.my_decision and current.my_seq and api.can_decide() and st.button(
+                f"Undo my '{current.my_decision}'", key="review_undo_current"):
+            api.call(client.undo, current.my_seq)
+            st.rerun()
 
 # -- actions ----------------------------------------------------------------------------------------------------
 def remember(events) -> None:
@@ -156,11 +203,18 @@ if bar[4].button("Undo", shortcut="u", key="review_undo_button", disabled=not st
 if not api.can_decide():
     st.info(f"{me.name} is a {me.role}: you can look, not decide.")
 
-# -- the grid and the detail --------------------------------------------------------------------------------------
+# -- real images of the class ----------------------------------------------------------------------------------
+if reference and reference.items:
+    strip = st.columns(REAL_BESIDE)
+    for column, image in zip(strip, reference.items, strict=False):
+        png, shown = real_png(image.id, 192)
+        column.image(png, width="stretch", caption=f"real {label} · {shown}")
+
+# -- the grid, for bulk work --------------------------------------------------------------------------------------
 first, last = state.review_offset + 1, state.review_offset + len(items)
 st.caption(f"{page.total} images match · showing {first}–{last}" if items else
            "Nothing to review with these filters." + (" Your queue for this class is empty." if mine else ""))
-grid_side, detail_side = st.columns([3, 1.3])
+grid_side = st.container()
 with grid_side:
     choose = st.columns([1, 1, 1, 3])
     if choose[0].button("Select page", key="review_select_all", disabled=not items):
@@ -176,7 +230,7 @@ with grid_side:
         for index, (cell, item) in enumerate(zip(cells, items[row_start:row_start + COLUMNS], strict=False),
                                              start=row_start):
             marker = "▶ " if index == state.review_cursor else ""
-            score = f"p={item.intended_prob:.2f}" if item.intended_prob is not None else "unscored"
+            score = f"judge {item.judge_prob:.2f}" if item.judge_prob is not None else "unscored"
             mine_text = f" · you: {item.my_decision}" if item.my_decision else ""
             cell.image(api.image_png(client, item.id, side, smooth), width="stretch",
                        caption=f"{marker}{score} · {item.status}{mine_text}")
@@ -191,28 +245,3 @@ with grid_side:
     if nav[1].button("Next page ▶", disabled=last >= page.total, key="review_next_page"):
         go_page(+1)
         st.rerun()
-
-with detail_side:
-    if current is not None:
-        st.markdown(f"**Current image** ({state.review_cursor + first} of {page.total})")
-        pair = st.columns(2)
-        pair[0].image(api.image_png(client, current.id, 256, smooth, thumbnail=False), caption="synthetic",
-                      width="stretch")
-        if current.nearest_real_id:
-            pair[1].image(api.image_png(client, current.nearest_real_id, 256, smooth, thumbnail=False),
-                          caption=f"nearest real (distance {current.nearest_real_dist:.3g})", width="stretch")
-        if current.near_copy:
-            st.warning("Flagged as a near-copy of that real image (memorisation).")
-        st.markdown(
-            f"- status **{current.status}** ({current.accepts} accept, {current.rejects} reject; "
-            f"{', '.join(current.reviewers) or 'no one yet'})\n"
-            f"- intended-class probability **{number(current.intended_prob, '.3f')}** (the reference model "
-            f"says: {current.predicted_class or '–'})\n"
-            f"- duplicate group {'none' if current.dup_group in (None, -1) else int(current.dup_group)}, "
-            f"sharpness {number(current.sharpness, '.3g')}\n"
-            f"- generation job {current.generation_job}, seed {current.seed}, guidance {current.guidance}, "
-            f"{current.steps} steps\n- checkpoint `{current.checkpoint}`")
-        if current.my_decision and current.my_seq and api.can_decide() and st.button(
-                f"Undo my '{current.my_decision}'", key="review_undo_current"):
-            api.call(client.undo, current.my_seq)
-            st.rerun()
