@@ -92,7 +92,8 @@ def start_server(workspace: Path, *args: str, timeout: float = 60, env: dict[str
 
 def seed_review_workspace(server: RunningServer, per_class: dict[str, int] | None = None) -> dict[str, list[str]]:
     """Real images (a small phantom import) and synthetic ones per class, put in through the same API a generate
-    and a score job use (as a running selftest job), with intended-class probabilities and nearest-real ids.
+    and a score job use (as a running selftest job), with the selector's and the judge's intended-class
+    probabilities and nearest-real ids.
     Returns {class: [synthetic ids]} in upload order."""
     from tests.factories import image_bytes
 
@@ -115,6 +116,8 @@ def seed_review_workspace(server: RunningServer, per_class: dict[str, int] | Non
         client.add_scores(job.id, job.attempt, [
             score for i, image_id in enumerate(ids[label]) for score in (
                 {"image_id": image_id, "name": "intended_prob", "value": round(i / n, 3)},
+                {"image_id": image_id, "name": "judge_prob", "value": round(1 - i / n, 3)},
+                {"image_id": image_id, "name": "judge_class", "value": 0.0, "ref": label},
                 {"image_id": image_id, "name": "nearest_real_dist", "value": 1.0 + i, "ref": real},
                 {"image_id": image_id, "name": "near_copy", "value": 0.0},
                 {"image_id": image_id, "name": "dup_group", "value": -1.0})])

@@ -34,6 +34,21 @@ def test_import_then_stats_json(server, tmp_path):
     assert dermae(server, "import", "ham10000", str(tmp_path / "ham")).stdout.startswith("0 of 70")
 
 
+def test_skip_missing_lists_the_rows_it_left_out(server, tmp_path):
+    root = factories.ham_tree(tmp_path / "ham", n_per_class=1)
+    metadata = root / "HAM10000_metadata.csv"
+    metadata.write_text(metadata.read_text() + "HAM_99,ISIC_gone,df,histo,40,male,back\n")
+    refused = dermae(server, "import", "ham10000", str(root))
+    assert refused.returncode == 1 and "line 9: no image file for image_id 'ISIC_gone'" in refused.stderr
+    assert "--skip-missing" in refused.stderr
+    done = dermae(server, "import", "ham10000", str(root), "--skip-missing")
+    assert done.returncode == 0, done.stderr
+    assert "7 of 7 images added" in done.stdout and "split lesion-aware" in done.stdout
+    assert "1 row(s) skipped" in done.stdout and "line 9: no image file for image_id 'ISIC_gone'" in done.stdout
+    wrong = dermae(server, "import", "medmnist", str(tmp_path / "d.npz"), "--skip-missing")
+    assert wrong.returncode == 2 and "--skip-missing is for ham10000 and isic" in wrong.stderr
+
+
 def test_errors_are_one_clear_message_and_exit_code_1(server, tmp_path):
     missing = dermae(server, "import", "folder", str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
@@ -68,7 +83,7 @@ def test_demo_imports_data_makes_accounts_starts_generation_and_the_studio_and_c
             if "Press Ctrl-C" in line or proc.poll() is not None:
                 break
         output = "".join(lines)
-        assert "PHANTOM" in output and "Imported" in output, output
+        assert "PHANTOM" in output and "images added" in output, output
         url = json.loads((workspace / "server.json").read_text())["url"]
         assert httpx.get(f"{url}/health").status_code == 200
         studio = re.search(r"DerMAE Studio running at (\S+)", output).group(1)

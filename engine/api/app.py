@@ -69,7 +69,7 @@ def create_app(settings: Settings, store: Store, scheduler: Scheduler | None = N
     app.include_router(health.router)
     app.include_router(users.router)  # sign-in is open; the rest of it checks roles per endpoint
     protected = [Depends(require_token)]
-    app.include_router(imports.router, dependencies=[Depends(require_admin)])
+    app.include_router(imports.router, dependencies=protected)  # anyone may read what was imported; admins import
     app.include_router(backup.router, dependencies=[Depends(require_admin)])
     app.include_router(reviews.router, dependencies=protected)
     app.include_router(images.router, dependencies=protected)

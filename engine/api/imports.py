@@ -5,8 +5,9 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
 
+from engine.api.auth import require_admin
 from engine.data.images import ImageStore
 from engine.data.ingest import ingest
 from engine.data.labels import CLASSES, SPLITS
@@ -54,8 +55,8 @@ def _records(req: ImportRequest) -> tuple[str, list[SourceRecord], list[str]]:
                             f"cannot read {req.path!r} on the server's machine: {e.strerror or e}") from None
 
 
-@router.post("", response_model=ImportResult, responses={422: {"model": Problem}, 404: {"model": Problem},
-                                                          409: {"model": Problem}})
+@router.post("", response_model=ImportResult, dependencies=[Depends(require_admin)],
+             responses={422: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem}})
 def create_import(req: ImportRequest, request: Request) -> ImportResult:
     """Import a dataset from a path on the server's machine, as one transaction: all of it or nothing."""
     if not _import_lock.acquire(blocking=False):
@@ -86,4 +87,5 @@ def create_import(req: ImportRequest, request: Request) -> ImportResult:
 
 @router.get("", response_model=list[ImportBatch])
 def list_imports(request: Request) -> list[ImportBatch]:
+    """Every import batch: its source, how many images it added and which kind of split they were put in."""
     return [ImportBatch(**b) for b in request.app.state.store.images.batches()]

@@ -91,7 +91,15 @@ def test_sign_in_review_a_class_with_the_keyboard_reject_with_a_reason_and_undo(
     choose(page, page.get_by_test_id("stSelectbox").first, "df · dermatofibroma")
     idle(page)
     page.get_by_text("10 images match").wait_for()
-    page.get_by_text("Current image", exact=True).wait_for()
+    for width, height in ((1440, 900), (1280, 800)):  # the image being read is large enough to judge
+        page.set_viewport_size({"width": width, "height": height})
+        idle(page)
+        reading = page.get_by_test_id("stImage").filter(has_text="synthetic df (1 of 10)")
+        assert "28x28, shown 14x" in reading.inner_text()
+        box = reading.locator("img").bounding_box()
+        assert box["width"] >= 384 and box["height"] >= 384, (width, box)
+    page.set_viewport_size({"width": 1600, "height": 1100})
+    idle(page)
     page.screenshot(path=SHOTS / "2-review-df.png", full_page=True)
 
     def ann_events():

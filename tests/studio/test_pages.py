@@ -49,6 +49,10 @@ def test_overview_counts_per_class_and_queues_generation_for_the_deficit(server,
     at = app("ann")
     assert at.button(key="overview_generate").disabled  # no generator trained or training
     assert any("No generator is trained yet" in i.value for i in at.info)
+    captions = " ".join(c.value for c in at.caption)
+    [batch] = server.client().imports()
+    assert f"Real data: phantom ({batch.n_added} images, lesion-aware split)" in captions
+    assert "No generated set has been judged yet" in captions
     # a generator still training (held back behind a job that never ends): generation is chained after it
     blocker = server.client().submit_job("selftest", {"steps": 10**6, "step_seconds": 1})
     ldm = server.client().submit_job("train_ldm", {}, after=[blocker.id])
@@ -85,6 +89,20 @@ def test_review_accept_reject_with_reasons_and_undo_are_the_signed_in_users(serv
     at.button(key="review_undo_button").click().run()
     history = server.client().review_history(image_id=first[1].id).items
     assert history[0].decision == "undo" and history[0].undoes == rejected.seq
+
+
+def test_the_image_being_read_leads_with_the_judges_verdict_and_the_selectors_sits_below(server, app):
+    at = app("ann", "pages/review.py")
+    at.selectbox(key="review_class").select("vasc").run()
+    at.toggle(key="review_mine").set_value(False).run()
+    first = server.client().review_queue(label="vasc", sort="oldest", limit=1).items[0]
+    markdown = " ".join(m.value for m in at.markdown)
+    assert f"**Judge** (independent, never selects): intended class **{first.judge_prob:.2f}** (it says vasc)" \
+        in markdown
+    assert f"selector (reference classifier, ranked the candidates): intended class **{first.intended_prob:.3f}**" \
+        in markdown
+    at.toggle(key="review_as_model").set_value(True).run()  # real images brought to the synthetic size
+    assert not at.exception
 
 
 def test_a_second_reader_gets_the_images_the_first_already_settled(server, app):
