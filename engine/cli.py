@@ -403,7 +403,7 @@ def _print_comparison(client, pipeline_id: str) -> None:
     def cell(value: float | None, spec: str, width: int) -> str:
         return format("–" if value is None else format(value, spec), f">{width}")
 
-    typer.secho("\nreal test split", bold=True)
+    typer.secho(f"\nreal test split ({' / '.join(sorted({r['split_kind'] for r in rows}))})", bold=True)
     typer.echo(f"{'arm':<52}{'macro-F1':>9}{'1 view':>8}{'bal.acc':>9}{'acc':>7}{'AUC':>7}{'ECE':>7}{'params':>9}"
                f"{'GFLOPs':>8}{'ms':>7}")
     for r in rows:

@@ -78,7 +78,8 @@ def arm_comparison(jobs: Iterable[JobInfo]) -> list[dict[str, Any]]:
             continue
         result = job.result
         rows.append({"arm": result.get("arm") or result.get("arch") or f"job {job.id}", "job_id": job.id,
-                     "arch": result.get("arch"), **{name: result.get(name) for name in ARM_FIGURES}})
+                     "arch": result.get("arch"), "split_kind": result.get("split_kind") or "unrecorded",
+                     **{name: result.get(name) for name in ARM_FIGURES}})
     return rows
 
 

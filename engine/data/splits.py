@@ -25,6 +25,13 @@ class SplitKind(StrEnum):
     given = "given"  # the source's own split folders: whether a lesion crosses them is not known
 
 
+def split_summary(real_data: list[dict]) -> str:
+    """One phrase for the split of a dataset version's real images, from its lineage's `real_data` entries
+    ({format, split_kind, images}): "lesion-aware", "per-image", "lesion-aware + per-image" …"""
+    kinds = sorted({entry.get("split_kind") or "unrecorded" for entry in real_data})
+    return " + ".join(kinds) if kinds else "unrecorded"
+
+
 def split_kind(lesion_ids: Sequence[str | None], split_given: bool, given: SplitKind = SplitKind.given) -> SplitKind:
     """The kind of split an import gets: the source's own (`given`: what is known of it), else ours, lesion-aware
     only when every image names its lesion (an image without one is split as its own lesion)."""

@@ -48,6 +48,7 @@ def run(params: Params, ctx: JobContext) -> dict:
     import numpy as np
 
     from engine.data.labels import CLASSES
+    from engine.data.splits import split_summary
     from engine.data.tensors import labels_of, load_array, to_model_input
     from engine.metrics import classification_report
     from engine.models.classifier import DihedralTTA, load_classifier, probabilities
@@ -57,6 +58,8 @@ def run(params: Params, ctx: JobContext) -> dict:
     folder = artifact_path(ctx, "classifier", params.model, "distill")
     model, meta = load_classifier(folder)
     version = params.dataset or meta["dataset"]
+    real_data = ctx.api.dataset(version).lineage.get("real_data", [])
+    split = split_summary(real_data)
     items = [i.model_dump() for i in ctx.api.dataset_manifest(version, split="test", source="real")]
     x = to_model_input(load_array(ctx.workspace, items, meta["image_size"]))
     y = labels_of(items)
@@ -74,7 +77,8 @@ def run(params: Params, ctx: JobContext) -> dict:
                       "latency_ms": latency_ms(model, meta["image_size"], params.latency_runs),
                       "latency_ms_fast": latency_ms(model, meta["image_size"], params.latency_runs, fast=True)}
     report |= {"model": str(folder), "arch": meta["arch"], "image_size": meta["image_size"], "dataset": version,
-               "arm": params.arm, "split": "test (real)", "trained": {k: meta.get(k) for k in
+               "arm": params.arm, "split": f"test (real, {split} split)", "split_kind": split,
+               "real_data": real_data, "trained": {k: meta.get(k) for k in
                                                                     ("use_synthetic", "distilled", "role")}}
     for name in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "ece"):
         ctx.log_metric(f"test/{name}", report[name], 0)
@@ -97,5 +101,5 @@ def run(params: Params, ctx: JobContext) -> dict:
     ctx.progress(2, 2, "done")
     return {k: report[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "ece")} | {
         "single_view": report["single_view"], "tta": params.tta, "macro_f1_1view": single["macro_f1"],
-        "arm": params.arm, "arch": meta["arch"], "params": report["cost"]["params"],
+        "arm": params.arm, "arch": meta["arch"], "split_kind": split, "params": report["cost"]["params"],
         "gflops": report["cost"]["flops"] / 1e9, "latency_ms": report["cost"]["latency_ms"]}

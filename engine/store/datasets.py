@@ -102,8 +102,16 @@ class DatasetQueries:
                        list(DISTINCT m.checkpoint) FILTER (m.checkpoint IS NOT NULL)
                 FROM read_parquet('{manifest}') m LEFT JOIN reviews r ON r.image_id = m.id
             """).fetchone()
+            real_data = cur.execute(f"""
+                SELECT b.format, b.source, b.split_kind, count(*) AS images
+                FROM read_parquet('{manifest}') m JOIN images i ON i.id = m.id
+                JOIN import_batches b ON b.id = i.import_batch
+                WHERE m.source = 'real' GROUP BY ALL ORDER BY images DESC
+            """).fetchall()
             lineage = {"review_events": lineage_row[0], "generation_jobs": sorted(lineage_row[1] or []),
-                       "checkpoints": sorted(lineage_row[2] or [])}
+                       "checkpoints": sorted(lineage_row[2] or []),
+                       "real_data": [{"format": f, "source": src, "split_kind": kind, "images": n}
+                                     for f, src, kind, n in real_data]}
             n_images = sum(n for *_, n in rows)
             policy = {"selection": params["selection"], "accepts_needed": params["accepts"],
                       "targets": json.loads(params["targets"]), "min_intended_prob": params["min_intended"]}

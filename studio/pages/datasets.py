@@ -74,11 +74,19 @@ with right:
                                   for source, per_split in version.counts.items() for split in per_split}}
                   for c in CLASSES], hide_index=True)
 
+def real_data_text(real_data: list[dict]) -> str:
+    if not real_data:
+        return "not recorded (frozen before versions kept it)"
+    return "; ".join(f"{e['images']} from {e['format']} `{e['source']}`, {e['split_kind'] or 'unrecorded'} split"
+                     for e in real_data)
+
+
 st.markdown("**Lineage** — what this version rests on")
 lineage, version_policy = version.lineage, version.policy
 st.markdown(
     f"- selection: `{version_policy.get('selection')}`, {version_policy.get('accepts_needed')} accept(s) and no "
     f"reject; caps per class: {version_policy.get('targets') or 'none'}\n"
+    f"- real images: {real_data_text(lineage.get('real_data', []))}\n"
     f"- review events behind its synthetic images: {lineage.get('review_events', 0)}\n"
     f"- generation jobs: {', '.join(map(str, lineage.get('generation_jobs', []))) or 'none'}\n"
     f"- generator checkpoints: {', '.join(f'`{c}`' for c in lineage.get('checkpoints', [])) or 'none'}\n"

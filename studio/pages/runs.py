@@ -94,7 +94,11 @@ def show_comparison(client: Client, jobs: list[JobInfo]) -> None:
     if not rows:
         st.info("No arm of this run has been evaluated yet: the comparison fills in as its evaluate jobs finish.")
         return
-    st.subheader("Arms on the real test split")
+    kinds = sorted({r["split_kind"] for r in rows})
+    st.subheader(f"Arms on the real test split ({' / '.join(kinds)})")
+    if kinds != ["lesion-aware"]:
+        st.warning("Not every figure here is on a lesion-aware split: where images of one lesion sit in train and "
+                   "test (a per-image split, as DermaMNIST's), test figures are optimistic.")
     in_millions = [r | {"params": r["params"] / 1e6 if r["params"] is not None else None} for r in rows]
     st.dataframe([{"arm": r["arm"], **{TABLE_COLUMNS[k]: r[k] for k in ARM_FIGURES}} for r in in_millions],
                  hide_index=True, width="stretch",

@@ -51,7 +51,8 @@ def test_arms_differ_only_in_their_flags_and_are_evaluated_on_real_test(trained)
             report_artifact = next(a for a in client.job_artifacts(jobs[f"{arm}.{student}.eval"].id)
                                    if a.kind == "evaluation")
             report = json.loads((server.settings.workspace / report_artifact.path).read_text())
-            assert report["split"] == "test (real)" and report["n"] == test_real
+            assert report["split"] == "test (real, lesion-aware split)" and report["n"] == test_real
+            assert report["split_kind"] == result["split_kind"] == "lesion-aware"  # phantom lesions are split so
             assert report["cost"]["params"] > 0 and report["cost"]["flops"] > 0
             assert len(report["confusion"]) == 7 and report["reliability"]
             assert report["trained"]["distilled"] is (arm == "curated")
