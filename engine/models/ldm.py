@@ -6,7 +6,9 @@
             clean-latent estimate clipped to the per-channel range of the real latents (when the model has one)
 
 Without a VAE (vae=None) the same model diffuses the pixels themselves: at DermaMNIST's 28-32 px that is cheap,
-and it keeps the saturated colours a small VAE mutes (the tiny VAE decodes vasc's magenta as mauve).
+and it keeps the saturated colours a small VAE mutes (the tiny VAE decodes vasc's magenta as mauve). With a pixel
+patch p, each p x p block of pixels is one position's 3p² channels (space-to-depth): 64 px images diffused at the
+spatial cost of 16x16 latents, losslessly.
 
 Saved as a folder of diffusers parts (vae/ unless pixel-space, unet/, scheduler/) plus dermae_ldm.json; loads
 offline.
@@ -118,7 +120,8 @@ class LatentRange:
 
 class LatentDiffusion(torch.nn.Module):
     def __init__(self, vae: AutoencoderKL | None, unet: UNet2DModel, noise_scheduler: DDPMScheduler,
-                 num_classes: int, scaling_factor: float, latent_range: LatentRange | None = None):
+                 num_classes: int, scaling_factor: float, latent_range: LatentRange | None = None,
+                 pixel_patch: int = 1):
         super().__init__()
         self.vae = vae.requires_grad_(False).eval() if vae is not None else None  # None: pixel space
         self.unet = unet
@@ -127,23 +130,27 @@ class LatentDiffusion(torch.nn.Module):
         self.null_class = num_classes
         self.scaling_factor = scaling_factor
         self.latent_range = latent_range  # None: sampling clips nothing
+        self.pixel_patch = pixel_patch if vae is None else 1  # pixel space: p x p pixels -> one position
 
     @property
     def image_size(self) -> int:
-        return int((self.vae if self.vae is not None else self.unet).config.sample_size)
+        if self.vae is not None:
+            return int(self.vae.config.sample_size)
+        return int(self.unet.config.sample_size) * self.pixel_patch
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> scaled latents (B, C, H/f, W/f); in pixel space, the images."""
+        """(B, 3, H, W) in [-1, 1] -> scaled latents (B, C, H/f, W/f); in pixel space the images themselves,
+        each p x p block of pixels folded into channels (B, 3p², H/p, W/p): lossless, unlike a VAE."""
         if self.vae is None:
-            return images * self.scaling_factor
+            return pixels_to_latents(images, self.pixel_patch) * self.scaling_factor
         return self.vae.encode(images).latent_dist.sample(generator) * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> uint8 images (B, 3, H, W)."""
         latents = latents / self.scaling_factor
-        images = latents if self.vae is None else self.vae.decode(latents).sample
+        images = F.pixel_shuffle(latents, self.pixel_patch) if self.vae is None else self.vae.decode(latents).sample
         return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
     def training_loss(self, latents: torch.Tensor, labels: torch.Tensor, cond_dropout: float = 0.1,
@@ -217,7 +224,7 @@ class LatentDiffusion(torch.nn.Module):
         self.unet.save_pretrained(path / "unet")
         self.noise_scheduler.save_pretrained(path / "scheduler")
         (path / "dermae_ldm.json").write_text(json.dumps(
-            {"num_classes": self.num_classes, "scaling_factor": self.scaling_factor,
+            {"num_classes": self.num_classes, "scaling_factor": self.scaling_factor, "pixel_patch": self.pixel_patch,
              "latent_range": asdict(self.latent_range) if self.latent_range is not None else None}))
 
     @classmethod
@@ -233,7 +240,14 @@ class LatentDiffusion(torch.nn.Module):
         scheduler = DDPMScheduler.from_pretrained(path / "scheduler", local_files_only=True)
         bounds = meta.get("latent_range")  # absent from models saved before sampling clipped
         latent_range = LatentRange(tuple(bounds["low"]), tuple(bounds["high"])) if bounds else None
-        return cls(vae, unet, scheduler, meta["num_classes"], meta["scaling_factor"], latent_range)
+        return cls(vae, unet, scheduler, meta["num_classes"], meta["scaling_factor"], latent_range,
+                   meta.get("pixel_patch", 1))
+
+
+def pixels_to_latents(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 3 patch², H/patch, W/patch): each patch x patch block of pixels as one position's
+    channels (space-to-depth), so a UNet diffuses the pixels at a latent model's spatial cost."""
+    return F.pixel_unshuffle(images, patch)
 
 
 def latent_scaling_factor(latents: torch.Tensor) -> float:

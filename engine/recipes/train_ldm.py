@@ -25,6 +25,9 @@ class Params(BaseModel, extra="forbid"):
     pixel_space: bool = Field(False, description="Diffuse the pixels (no VAE): cheap at 28-32 px, and it keeps "
                                                  "saturated colours a small VAE loses (vasc's magenta).")
     image_size: int = Field(32, ge=8, le=256, description="Pixel space only (latent space: the VAE's size).")
+    pixel_patch: int = Field(1, ge=1, le=16, description="Pixel space only: each p x p block of pixels is one "
+                                                         "position's 3p² channels, so 64 px images diffuse at "
+                                                         "the spatial cost of 16x16 latents (p = 4).")
     channels: list[int] = Field([64, 128, 128], min_length=1, max_length=5)
     attention: list[bool] = Field([False, True, True], description="Self-attention per level.")
     layers_per_block: int = Field(2, ge=1, le=4)
@@ -59,7 +62,14 @@ def run(params: Params, ctx: JobContext) -> dict:
     from engine.data.augment import dihedral
     from engine.data.labels import CLASSES
     from engine.data.tensors import grid_png, to_model_input
-    from engine.models.ldm import LatentDiffusion, LatentRange, UNetConfig, build_unet, new_noise_scheduler
+    from engine.models.ldm import (
+        LatentDiffusion,
+        LatentRange,
+        UNetConfig,
+        build_unet,
+        new_noise_scheduler,
+        pixels_to_latents,
+    )
     from engine.recipes.common import artifact_path, class_weights, real_split, resume, save_state
 
     if len(params.attention) != len(params.channels):
@@ -74,10 +84,12 @@ def run(params: Params, ctx: JobContext) -> dict:
         vae_dir = artifact_path(ctx, "vae_model", params.vae, "train_vae")
         vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).to(dev).eval()
         size, scaling, source = int(vae.config.sample_size), float(vae.config.scaling_factor), str(vae_dir)
+    if params.pixel_space and size % params.pixel_patch:
+        raise ValueError(f"pixel_patch {params.pixel_patch} does not divide image_size {size}")
     images, labels, _ = real_split(ctx, "train", size)
     x = to_model_input(images)
     if vae is None:
-        latents = x
+        latents = pixels_to_latents(x, params.pixel_patch)
     else:
         with torch.no_grad():
             latents = torch.cat([vae.encode(x[i:i + 256].to(dev)).latent_dist.mean for i in range(0, len(x), 256)])
@@ -87,7 +99,8 @@ def run(params: Params, ctx: JobContext) -> dict:
     unet = build_unet(UNetConfig(tuple(params.channels), params.layers_per_block, tuple(params.attention)),
                       latents.shape[-1], latents.shape[1], len(CLASSES)).to(dev)
     latent_range = LatentRange.of(latents, params.clip_quantile) if params.clip_quantile else None
-    model = LatentDiffusion(vae, unet, new_noise_scheduler(), len(CLASSES), scaling, latent_range)
+    model = LatentDiffusion(vae, unet, new_noise_scheduler(), len(CLASSES), scaling, latent_range,
+                            params.pixel_patch)
     ema = EMAModel(unet.parameters(), decay=params.ema_decay, use_ema_warmup=True, power=3 / 4)
     optimizer = torch.optim.AdamW(unet.parameters(), params.lr, weight_decay=0.0)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, params.warmup_steps)))
@@ -135,7 +148,10 @@ def run(params: Params, ctx: JobContext) -> dict:
     unet.train()
     for step in range(start + 1, params.steps + 1):
         idx = torch.multinomial(weights, params.batch_size, replacement=True, generator=generator)
-        z = dihedral(latents[idx], generator).to(dev)
+        # flips/turns of a VAE's latents are (nearly) the latents of the turned image; folded pixels must be
+        # turned as pixels, or each position's channels would keep the unturned block
+        z = (pixels_to_latents(dihedral(x[idx], generator), params.pixel_patch) if vae is None and
+             params.pixel_patch > 1 else dihedral(latents[idx], generator)).to(dev)
         with accelerator.autocast():  # the wrapped UNet (DDP) trains; the plain one samples and is saved
             loss = model.training_loss(z, y[idx].to(dev), params.cond_dropout, unet=training_unet,
                                        min_snr_gamma=params.min_snr_gamma)

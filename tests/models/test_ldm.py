@@ -146,3 +146,17 @@ def test_without_a_vae_the_model_diffuses_pixels_and_saves_no_vae(tmp_path):
     a = pixels.sample(torch.tensor([1, 6]), 3.0, 3, seeds=[1, 2])
     assert a.dtype == torch.uint8 and a.shape == (2, 3, 16, 16)
     assert torch.equal(a, loaded.sample(torch.tensor([1, 6]), 3.0, 3, seeds=[1, 2]))
+
+
+def test_folded_pixels_are_lossless_and_the_fold_survives_saving(tmp_path):
+    unet = build_unet(UNetConfig((32, 32), 1, (False, True)), 8, 48, 7)  # 32 px images, 4x4 blocks folded
+    model = LatentDiffusion(None, unet, new_noise_scheduler(), 7, 1.0, pixel_patch=4).eval()
+    assert model.image_size == 32
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    latents = model.encode(pixels.float() / 127.5 - 1)
+    assert latents.shape == (2, 48, 8, 8)
+    assert torch.equal(model.decode(latents), pixels)  # no VAE: nothing lost
+    model.save_pretrained(tmp_path / "pixels")
+    loaded = load_generator(tmp_path / "pixels")
+    assert loaded.pixel_patch == 4 and loaded.vae is None
+    assert loaded.sample(torch.tensor([3]), 2.0, 2, seeds=[1]).shape == (1, 3, 32, 32)
