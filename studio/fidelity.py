@@ -39,8 +39,10 @@ def rows(report: dict, accepted_near_copies: dict[str, int]) -> list[dict]:
             "class": cls, "images": row["n"],
             "judge intended-class rate": f"{row['intended_rate']:.2f} {PASS if bars.get('intended_rate') else FAIL}",
             "its real-val recall (ceiling)": f"{row['real_val_recall']:.2f}",
-            "precision": _figure(row.get("precision"), bars.get("precision")),
-            "recall": _figure(row.get("recall"), bars.get("recall")),
+            "precision (real vs real)": _figure(row.get("precision"), bars.get("precision"),
+                                                row.get("real_vs_real", {}).get("precision")),
+            "recall (real vs real)": _figure(row.get("recall"), bars.get("recall"),
+                                             row.get("real_vs_real", {}).get("recall")),
             "FD (floor)": f"{row['fd']:.1f} ({row['fd_floor']:.1f}) at n={row['fd_at_n']}" if "fd" in row else "–",
             "near-copies (accepted)": f"{row['near_copies']} ({accepted_near_copies.get(cls, 0)}) "
                                       f"{PASS if not accepted_near_copies.get(cls) else FAIL}",
@@ -50,8 +52,11 @@ def rows(report: dict, accepted_near_copies: dict[str, int]) -> list[dict]:
     return out
 
 
-def _figure(value: float | None, met: bool | None) -> str:
-    return "–" if value is None else f"{value:.2f} {PASS if met else FAIL}"
+def _figure(value: float | None, met: bool | None, real: float | None = None) -> str:
+    """A figure, whether it meets its bar, and what two real samples of the class score (where there are enough)."""
+    if value is None:
+        return "–"
+    return f"{value:.2f} {PASS if met else FAIL}" + (f" ({real:.2f})" if real is not None else "")
 
 
 def show_judge_report(client: Client) -> None:
@@ -68,8 +73,10 @@ def show_judge_report(client: Client) -> None:
                f"{report.get('judge_val_macro_f1') or 0:.2f}), never used to select images — the selector is a "
                f"separate {report['selector']}. Bars: intended-class rate {report['bars']['intended_rate']}, "
                f"precision {report['bars']['precision']}, recall {report['bars']['recall']}, near-copies "
-               f"{report['bars']['near_copies']}. Told apart: a small classifier's accuracy at telling synthetic from "
-               "held-out real images (0.5: it cannot). " + report["note"])
+               f"{report['bars']['near_copies']}. In brackets beside precision and recall: what real val "
+               "scores against the judge's held-out real images, as far as the few images allow. Told apart: a "
+               "small classifier's accuracy at telling synthetic from held-out real images (0.5: it cannot). "
+               + report["note"])
     st.dataframe(rows(report, near_copies), hide_index=True, width="stretch")
     judged = list(report["per_class"])
     figure = go.Figure([

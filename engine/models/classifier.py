@@ -1,7 +1,8 @@
-"""Classifiers. `SmallCNN` is the reference classifier that judges generated lesions: trained on the real train
-split only, it gives each synthetic image the probability of its intended class, and its penultimate features
-are the feature space for nearest-real distances and per-class Fréchet distance (Inception weights cannot be
-downloaded here)."""
+"""Classifiers: timm models built from scratch (students, teacher, the judge) and `SmallCNN`, the default
+reference classifier (the selector). The reference and the judge are trained on real train images only; the
+judge's penultimate features (`embed`) are the space of nearest-real distances, per-class Fréchet distance and
+precision/recall (Inception weights cannot be downloaded here). Saved as a folder: `model.safetensors` +
+`classifier.json`."""
 
 from __future__ import annotations
 

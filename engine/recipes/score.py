@@ -14,7 +14,8 @@ Per class, the judge reports (`per_class` of score_report.json, also the job's r
 - intended_rate: share of synthetic images it assigns to their intended class, beside real_val_recall, its recall
   on real val images of the class — the ceiling a faithful generator could reach;
 - precision / recall (Kynkäänniemi et al. 2019, k = 3) of the synthetic set against real images the judge never
-  trained on (real val + its held-out fold), the two sets cut to one size;
+  trained on (real val + its held-out fold), the two sets cut to one size; beside them `real_vs_real`, what real
+  val scores against the held-out fold — two real samples of the class, as far as the few images allow;
 - fd: Fréchet distance of synthetic images to real train images, at the size of the class's real val set, beside
   fd_floor, the same distance of real val to real train — what an indistinguishable generator would score;
 - near_copies of real train images;
@@ -95,8 +96,7 @@ def run(params: Params, ctx: JobContext) -> dict:
     held_out_ids = set(json.loads((judge_dir / HELD_OUT_FILE).read_text())) if (judge_dir / HELD_OUT_FILE).exists() \
         else set()
     held_out = np.array([it["id"] in held_out_ids for it in real_items], dtype=bool)
-    unseen_feats = np.concatenate([val_feats, real_feats[held_out]])  # real images the judge never trained on
-    unseen_labels = np.concatenate([val_labels, real_labels[held_out]])
+    held_out_feats, held_out_labels = real_feats[held_out], real_labels[held_out]
     ctx.progress(1, 4, "nearest real images")
 
     distance, nearest_index = metrics.nearest(syn_feats, real_feats)
@@ -136,7 +136,7 @@ def run(params: Params, ctx: JobContext) -> dict:
         row = class_fidelity(
             syn_feats[mine], judge_class[mine] == k, distance[mine] < threshold, judge_meta["val_recall"][cls],
             real_train=real_feats[real_labels == k], real_val=val_feats[val_labels == k],
-            real_unseen=unseen_feats[unseen_labels == k], k=params.k)
+            real_held_out=held_out_feats[held_out_labels == k], k=params.k)
         per_class[cls] = row
         for name, value in row.items():
             if isinstance(value, float | int) and not isinstance(value, bool) and name != "n":
@@ -158,20 +158,28 @@ def run(params: Params, ctx: JobContext) -> dict:
 
 
 def class_fidelity(syn: np.ndarray, judged_intended: np.ndarray, near_copy: np.ndarray, real_val_recall: float, *,
-                   real_train: np.ndarray, real_val: np.ndarray, real_unseen: np.ndarray, k: int = 3) -> dict:
+                   real_train: np.ndarray, real_val: np.ndarray, real_held_out: np.ndarray, k: int = 3) -> dict:
     """The judge's report on one class: `syn` the synthetic images' judge features (M, D), `judged_intended`
     (M,) whether the judge assigned each its intended class, `near_copy` (M,) the near-copy flags; real features
-    of the class from the train split, from val, and all the judge never trained on. See the module doc."""
+    of the class from the train split, from val, and from the judge's held-out fold of train. See the module doc.
+    Beside precision/recall, `real_vs_real` is what real val scores against the held-out fold, at matched sizes:
+    the figures of two real samples of the class, as far as the few images allow."""
     import numpy as np
 
     from engine import metrics
 
+    real_unseen = np.concatenate([real_val, real_held_out])  # real images the judge never trained on
     row: dict = {"n": len(syn), "intended_rate": float(np.mean(judged_intended)),
                  "real_val_recall": float(real_val_recall), "near_copies": int(np.sum(near_copy)),
                  "n_unseen_real": len(real_unseen)}
     if min(len(syn), len(real_unseen)) > k:
         row["precision"], row["recall"] = metrics.matched_size(
             real_unseen, syn, lambda real, fake: metrics.precision_recall(real, fake, k))
+    if min(len(real_val), len(real_held_out)) > k:
+        precision, recall = metrics.matched_size(real_held_out, real_val,
+                                                 lambda real, fake: metrics.precision_recall(real, fake, k))
+        row["real_vs_real"] = {"precision": precision, "recall": recall,
+                               "n": min(len(real_val), len(real_held_out))}
     n = min(len(real_val), len(syn))
     if n >= 2 and len(real_train) >= 2:
         row["fd"] = metrics.frechet_distance_at(real_train, syn, n)

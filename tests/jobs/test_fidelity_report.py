@@ -13,14 +13,15 @@ def gauss(n: int, seed: int, mean: float = 0.0, scale: float = 1.0) -> np.ndarra
 def report(syn: np.ndarray, intended_rate: float = 0.9, ceiling: float = 0.9) -> dict:
     judged = np.arange(len(syn)) < intended_rate * len(syn)
     return class_fidelity(syn, judged, np.zeros(len(syn), bool), ceiling, real_train=gauss(300, 1),
-                          real_val=gauss(40, 2), real_unseen=gauss(80, 3))
+                          real_val=gauss(40, 2), real_held_out=gauss(40, 3))
 
 
 def test_a_faithful_generator_meets_the_bars_and_cannot_be_told_apart():
     row = report(gauss(400, 4))
     assert row["bars"] == {"intended_rate": True, "precision": True, "recall": True}
     assert row["fd"] < 2 * row["fd_floor"] and row["fd_at_n"] == 40
-    assert row["c2st"]["ci95"][0] < 0.5 < row["c2st"]["ci95"][1]
+    assert row["c2st"]["ci95"][0] < 0.5 and row["c2st"]["p_value"] > 0.05  # not told apart
+    assert row["real_vs_real"]["n"] == 40 and abs(row["recall"] - row["real_vs_real"]["recall"]) < 0.15
 
 
 def test_a_collapsed_generator_fails_recall_and_is_told_apart():
