@@ -267,3 +267,87 @@ def test_two_sample_test_tells_apart_shifted_sets_with_an_interval_above_chance(
 def test_two_sample_test_needs_rows_for_its_folds(rng: np.random.Generator) -> None:
     with pytest.raises(ValueError, match="at least 5 rows per side"):
         metrics.classifier_two_sample_test(_gauss(rng, 4, 8), _gauss(rng, 50, 8))
+
+
+# --- paired bootstrap over lesions (issue 22) ---
+
+def lesion_test_set(n_lesions: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Labels, a fairly good arm's predictions and lesion ids: 1-3 images per lesion, one class per lesion."""
+    rng = np.random.default_rng(seed)
+    labels, groups = [], []
+    for lesion in range(n_lesions):
+        images = rng.integers(1, 4)
+        labels += [int(rng.integers(0, 7))] * images
+        groups += [f"HAM_{lesion:07d}"] * images
+    labels = np.array(labels)
+    wrong = rng.random(len(labels)) < 0.35
+    pred = np.where(wrong, rng.integers(0, 7, len(labels)), labels)
+    return labels, pred, groups
+
+
+def test_lesion_resampling_draws_every_image_of_a_lesion_together() -> None:
+    _, _, groups = lesion_test_set(50)
+    counts = metrics.group_resample_counts(groups, resamples=200, seed=3)
+    assert counts.shape == (200, len(groups))
+    ids = np.array(groups)
+    for lesion in set(groups):
+        mine = counts[:, ids == lesion]
+        assert (mine == mine[:, :1]).all(), lesion  # never resampled apart
+    per_lesion = np.array([counts[:, ids == lesion][:, 0] for lesion in sorted(set(groups))])
+    assert (per_lesion.sum(0) == len(set(groups))).all()  # each resample draws as many lesions as there are
+    assert (per_lesion == 0).any() and (per_lesion > 1).any()  # with replacement
+
+
+def test_paired_bootstrap_of_identical_arms_is_zero_and_its_figures_match_sklearn() -> None:
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    labels, pred, groups = lesion_test_set()
+    result = metrics.paired_bootstrap(labels, pred, pred, groups, n_classes=7)
+    assert result["macro_f1"]["diff"] == 0 and result["macro_f1"]["ci95"] == [0.0, 0.0]
+    assert not result["macro_f1"]["excludes_zero"] and result["macro_f1"]["groups"] == 300
+    assert result["macro_f1"]["a"] == pytest.approx(f1_score(labels, pred, labels=range(7), average="macro"))
+    assert result["balanced_accuracy"]["a"] == pytest.approx(balanced_accuracy_score(labels, pred))
+
+
+def test_paired_bootstrap_finds_a_better_arm_and_not_a_noise_difference() -> None:
+    labels, pred, groups = lesion_test_set()
+    rng = np.random.default_rng(7)
+    better = np.where(rng.random(len(labels)) < 0.5, labels, pred)  # half its mistakes fixed
+    result = metrics.paired_bootstrap(labels, better, pred, groups, n_classes=7)
+    for name in ("macro_f1", "balanced_accuracy"):
+        low, high = result[name]["ci95"]
+        assert 0 < low < result[name]["diff"] < high and result[name]["excludes_zero"], (name, result[name])
+
+
+def test_paired_bootstrap_of_equally_good_arms_excludes_zero_about_one_time_in_twenty() -> None:
+    """Two arms with the same error rate but their own mistakes, on 40 test sets: a 95% interval should miss
+    zero in about 5% of them."""
+    misses = 0
+    for seed in range(40):
+        labels, pred_a, groups = lesion_test_set(200, seed)
+        rng = np.random.default_rng(1000 + seed)
+        pred_b = np.where(rng.random(len(labels)) < 0.35, rng.integers(0, 7, len(labels)), labels)
+        misses += metrics.paired_bootstrap(labels, pred_a, pred_b, groups, n_classes=7,
+                                           resamples=500)["macro_f1"]["excludes_zero"]
+    assert misses <= 6, misses
+
+
+def test_resampling_lesions_gives_wider_intervals_than_resampling_images() -> None:
+    """Ten images per lesion, each lesion all right or all wrong: treating its images as independent would
+    understate the uncertainty; resampling lesions does not."""
+    rng = np.random.default_rng(1)
+    n_lesions, per = 60, 10
+    labels = np.repeat(rng.integers(0, 3, n_lesions), per)
+    right_a, right_b = rng.random(n_lesions) < 0.7, rng.random(n_lesions) < 0.7
+    pred_a = np.where(np.repeat(right_a, per), labels, (labels + 1) % 3)
+    pred_b = np.where(np.repeat(right_b, per), labels, (labels + 1) % 3)
+    lesions = np.repeat(np.arange(n_lesions), per).tolist()
+    by_lesion = metrics.paired_bootstrap(labels, pred_a, pred_b, lesions, n_classes=3)["macro_f1"]["ci95"]
+    by_image = metrics.paired_bootstrap(labels, pred_a, pred_b, list(range(len(labels))), n_classes=3)
+    width = by_lesion[1] - by_lesion[0]
+    assert width > 2 * (by_image["macro_f1"]["ci95"][1] - by_image["macro_f1"]["ci95"][0])
+
+
+def test_paired_bootstrap_refuses_mismatched_lengths() -> None:
+    with pytest.raises(ValueError, match="one label, two predictions and one group per image"):
+        metrics.paired_bootstrap(np.zeros(3), np.zeros(3), np.zeros(2), ["a", "b", "c"], n_classes=2)
