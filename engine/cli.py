@@ -377,11 +377,14 @@ def train(
         if dataset is None:
             versions = _call(client.datasets)
             if versions:
-                dataset = versions[0].id
+                version = versions[0]
             else:
-                dataset = _call(client.freeze_dataset, "real-only", "frozen by dermae train: no version existed").id
-                typer.echo(f"no dataset version yet: froze {dataset} (real images only)", err=True)
-        run = _call(client.submit_pipeline, train_chain(chosen, dataset))
+                version = _call(client.freeze_dataset, "real-only", "frozen by dermae train: no version existed")
+                typer.echo(f"no dataset version yet: froze {version.id} (real images only)", err=True)
+        else:
+            version = _call(client.dataset, dataset)
+        dataset = version.id
+        run = _call(client.submit_pipeline, train_chain(chosen, version))
         typer.echo(f"pipeline {run.id} on dataset {dataset}")
         codes = [_follow(client, job.id) for job in run.jobs]
         _print_comparison(client, run.id)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from engine.profiles import Profile
-from engine.schemas import JobInfo, PipelineStep, PipelineSubmit
+from engine.schemas import DatasetVersion, JobInfo, PipelineStep, PipelineSubmit
 
 # What an evaluate job's result holds for comparing arms, with the name a table heads it with.
 ARM_FIGURES = {"macro_f1": "macro-F1", "macro_f1_1view": "macro-F1, 1 view",
@@ -38,10 +38,26 @@ def generator_chain(profile: Profile, preview: bool = False) -> PipelineSubmit:
     return PipelineSubmit(name=f"generator-{profile.name}", steps=steps)
 
 
-def train_chain(profile: Profile, dataset: str) -> PipelineSubmit:
-    """MAE pre-training -> teacher fine-tune -> students distilled on the curated version, and for every student
-    the baseline arm (the same student, same budget, real data only, no teacher). Each model is evaluated on the
-    real test split; the first student of the curated arm is exported for serving."""
+def synthetic_in(version: DatasetVersion) -> int:
+    """How many synthetic train images a dataset version holds."""
+    return sum(version.counts.get("synthetic", {}).get("train", {}).values())
+
+
+def distilled_arm(version: DatasetVersion) -> tuple[str, str]:
+    """(key, label) of the arm that trains on the version's images with the teacher, named after what it trained
+    on: a version without synthetic images has no "curated synthetic" arm — its gain is the teacher's."""
+    n = synthetic_in(version)
+    if n == 0:
+        return "real_kd", "real only + MAE + KD"
+    curated = "auto-curated (from scores)" if version.policy.get("selection") == "scores" else "human-curated"
+    return "curated", f"real + {n} {curated} synthetic + MAE + KD"
+
+
+def train_chain(profile: Profile, version: DatasetVersion) -> PipelineSubmit:
+    """MAE pre-training -> teacher fine-tune -> students distilled on the version, and for every student the
+    baseline arm (the same student, same budget, real data only, no teacher). Each model is evaluated on the
+    real test split; the first student of the distilled arm is exported for serving."""
+    dataset = version.id
     steps = [
         PipelineStep(key="mae", kind="pretrain_mae", params=profile.params("pretrain_mae", dataset=dataset)),
         PipelineStep(key="teacher", kind="finetune", params=profile.params("finetune", dataset=dataset),
@@ -49,12 +65,13 @@ def train_chain(profile: Profile, dataset: str) -> PipelineSubmit:
         PipelineStep(key="teacher.eval", kind="evaluate", params={"arm": "teacher (MAE + fine-tune)"},
                      after_keys=["teacher"]),
     ]
+    distilled, distilled_label = distilled_arm(version)
+    arms = {
+        "baseline": ({"use_synthetic": False, "use_teacher": False}, [], "real only"),
+        distilled: ({"use_synthetic": True, "use_teacher": True}, ["teacher"], distilled_label),
+    }
     for i, student in enumerate(profile.students):
         name = student["arch"]
-        arms = {
-            "baseline": ({"use_synthetic": False, "use_teacher": False}, [], "real only"),
-            "curated": ({"use_synthetic": True, "use_teacher": True}, ["teacher"], "curated synthetic + MAE + KD"),
-        }
         for arm, (flags, after, label) in arms.items():
             key = f"{arm}.{name}"
             steps.append(PipelineStep(key=key, kind="distill", after_keys=after,
@@ -62,8 +79,8 @@ def train_chain(profile: Profile, dataset: str) -> PipelineSubmit:
             steps.append(PipelineStep(key=f"{key}.eval", kind="evaluate", after_keys=[key],
                                       params={"arm": f"{name}: {label}"}))
         if i == 0:
-            steps.append(PipelineStep(key=f"curated.{name}.export", kind="export",
-                                      after_keys=[f"curated.{name}", f"curated.{name}.eval"],
+            steps.append(PipelineStep(key=f"{distilled}.{name}.export", kind="export",
+                                      after_keys=[f"{distilled}.{name}", f"{distilled}.{name}.eval"],
                                       params={"model": None, "name": f"{name}-{profile.name}"}))
     return PipelineSubmit(name=f"train-{profile.name}", steps=steps)
 

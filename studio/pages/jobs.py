@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import streamlit as st
 
-from engine.pipelines import generator_chain, train_chain
+from engine.pipelines import generator_chain, synthetic_in, train_chain
 from engine.profiles import DEFAULT_PROFILE, PROFILES, load_profile
 from engine.schemas import TERMINAL_STATES, JobInfo, PipelineStep, PipelineSubmit
 from studio import api
@@ -93,8 +93,12 @@ if may_start:
             else:
                 st.caption("MAE pre-training → teacher fine-tune → students distilled on the version, each with its "
                            "real-only baseline, evaluated on the real test split; the first student is exported.")
-                dataset = st.selectbox("Dataset version", [v.id for v in versions], key="jobs_train_dataset")
-                chain = step_editor(train_chain(profile, dataset), "jobs_train")
+                chosen = st.selectbox("Dataset version", [v.id for v in versions], key="jobs_train_dataset")
+                version = next(v for v in versions if v.id == chosen)
+                st.caption(f"{chosen}: {synthetic_in(version)} synthetic train images "
+                           f"({version.policy.get('selection', 'reviews')}); the distilled arm is named after what "
+                           "it trains on.")
+                chain = step_editor(train_chain(profile, version), "jobs_train")
                 if st.button("Start the train chain", type="primary", key="jobs_start_train"):
                     submit(chain)
 

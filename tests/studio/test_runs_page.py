@@ -6,6 +6,7 @@ makes when a job process reports (claim, metrics, artifacts, result, model): run
 a job process can only report for the kind it really runs, so an `evaluate` job cannot be played by a selftest."""
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from engine.files import sha256_path
 from engine.metrics import classification_report
 from engine.pipelines import train_chain
 from engine.profiles import load_profile
+from engine.schemas import DatasetVersion
 from engine.settings import Settings
 from engine.store import Store
 from tests.factories import image_bytes
@@ -66,10 +68,16 @@ class Recorder:
         return report
 
 
+SEEDED_VERSION = DatasetVersion(
+    id="phantom-seeded", name="phantom", note=None, created_at=datetime(2026, 1, 1), policy={"selection": "reviews"},
+    counts={"real": {"train": {"df": 10}}, "synthetic": {"train": {"df": 12}}}, lineage={}, manifest_path="m",
+    manifest_sha256="0" * 64, n_images=22)
+
+
 def seed_train_run(recorder: Recorder, pipeline_id: str, skill: float) -> dict[str, dict]:
     """The smoke profile's train chain, every job finished as its recipe would finish it. {key: {job, result,
     report}}."""
-    chain = train_chain(load_profile("smoke"), "phantom-real-seeded")
+    chain = train_chain(load_profile("smoke"), SEEDED_VERSION)
     specs = [step.model_dump(exclude={"key"}) | {"pipeline_key": step.key} for step in chain.steps]
     ids = recorder.store.jobs.create_many(specs, pipeline_id=pipeline_id)
     seeded: dict[str, dict] = {}
@@ -103,7 +111,7 @@ def seed_train_run(recorder: Recorder, pipeline_id: str, skill: float) -> dict[s
             exported = f"jobs/{job_id}/artifacts/export/weights.bin"
             model = recorder.store.models.register({
                 "name": step.params["name"] + f"-{pipeline_id}", "job_id": job_id, "arch": evaluation["arch"],
-                "image_size": 32, "dataset": "phantom-real-seeded",
+                "image_size": 32, "dataset": SEEDED_VERSION.id,
                 "classifier_path": f"jobs/{job_id}/artifacts/export", "torchscript_path": exported,
                 "onnx_path": exported, "evaluation": evaluation, "check_max_abs_diff": 1e-6})
             result = {"model_id": model["id"], "evaluated": True}
@@ -174,7 +182,7 @@ def test_the_newest_train_run_compares_its_arms_side_by_side(server, app):
     table = at.dataframe[0].value
     assert table["arm"].tolist() == [s["result"]["arm"] for s in evaluations]
     assert table["arm"].tolist()[:3] == ["teacher (MAE + fine-tune)", "efficientnet_b0: real only",
-                                         "efficientnet_b0: curated synthetic + MAE + KD"]
+                                         "efficientnet_b0: real + 12 human-curated synthetic + MAE + KD"]
     for column, key in (("macro-F1", "macro_f1"), ("macro-F1, 1 view", "macro_f1_1view"),
                         ("balanced accuracy", "balanced_accuracy"),
                         ("accuracy", "accuracy"), ("AUC", "auc_ovr"), ("ECE", "ece"), ("GFLOPs", "gflops"),
