@@ -11,7 +11,9 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -87,15 +89,40 @@ def make_thumbnail(img: Image.Image) -> tuple[bytes, str]:
 
 def square_resize(img: Image.Image, size: int) -> Image.Image:
     """The centre square of a frame (the lesion is centred in HAM10000's 600x450 frames), resized: bicubic up,
-    Lanczos down. What every model is trained on and served, so the margins of a frame never reach one."""
+    Lanczos down. What models are trained on, so the margins of a frame never reach one."""
     img = img.convert("RGB")
     w, h = img.size
     if w != h:
         side = min(w, h)
         img = img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
-    if img.size[0] == size:
+    return _resize(img, size)
+
+
+class Framing(StrEnum):
+    """How a frame became a model's square input. Recorded with every trained model (`framing` in its
+    classifier.json) and applied to what it is served, so a model never sees pictures made another way."""
+    centre_square = "centre-square"  # the middle square of the frame, resized (square_resize)
+    whole_frame = "whole-frame"  # the whole frame squashed to a square first, as MedMNIST made DermaMNIST
+
+
+def frame_for_model(img: Image.Image, size: int, framing: dict[str, Any] | None = None) -> Image.Image:
+    """A picture as a model trained with `framing` ({"crop": Framing, "via": side or None}) saw its training
+    images: whole-frame models get the frame squashed (through the source's own side `via` first, as the source
+    made its images); centre-square models and models that recorded nothing get the centre square."""
+    framing = framing or {}
+    if framing.get("crop") != Framing.whole_frame:
+        return square_resize(img, size)
+    img = img.convert("RGB")
+    if framing.get("via"):
+        img = _resize(img, int(framing["via"]))
+    return _resize(img, size)
+
+
+def _resize(img: Image.Image, size: int) -> Image.Image:
+    """To size x size (squashing a non-square image): bicubic up, Lanczos down."""
+    if img.size == (size, size):
         return img
-    method = Image.Resampling.BICUBIC if img.size[0] < size else Image.Resampling.LANCZOS
+    method = Image.Resampling.BICUBIC if max(img.size) < size else Image.Resampling.LANCZOS
     return img.resize((size, size), method)
 
 

@@ -78,7 +78,7 @@ def run(params: Params, ctx: JobContext) -> dict:
                       "latency_ms_fast": latency_ms(model, meta["image_size"], params.latency_runs, fast=True)}
     report |= {"model": str(folder), "arch": meta["arch"], "image_size": meta["image_size"], "dataset": version,
                "arm": params.arm, "split": f"test (real, {split} split)", "split_kind": split,
-               "real_data": real_data, "trained": {k: meta.get(k) for k in
+               "real_data": real_data, "framing": meta.get("framing"), "trained": {k: meta.get(k) for k in
                                                                     ("use_synthetic", "distilled", "role")}}
     for name in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "ece"):
         ctx.log_metric(f"test/{name}", report[name], 0)

@@ -58,6 +58,22 @@ def version_arrays(ctx: JobContext, version: str, split: str, size: int, use_syn
     return load_array(ctx.workspace, items, size), labels_of(items)
 
 
+def version_framing(ctx: JobContext, version: str) -> dict:
+    """How the version's real images were framed for training ({"crop", "via"}; see `frame_for_model`): a
+    version whose real images all come from MedMNIST holds whole frames its maker squashed to squares of `via`
+    pixels; any other is trained on centre squares. The demo and evaluate apply the same to what they are given."""
+    from PIL import Image
+
+    from engine.data.images import Framing
+
+    real_data = ctx.api.dataset(version).lineage.get("real_data", [])
+    if not real_data or any(entry["format"] != "medmnist" for entry in real_data):
+        return {"crop": Framing.centre_square.value, "via": None}
+    item = ctx.api.dataset_manifest(version, split="train", source="real")[0]
+    with Image.open(ctx.workspace / "images" / item.path) as stored:
+        return {"crop": Framing.whole_frame.value, "via": max(stored.size)}
+
+
 def teacher_targets(teacher, images: np.ndarray, accelerator, ctx: JobContext, batch: int = 128,
                     bf16: bool = False):
     """The teacher's mean over the 8 flips/rotations (log-probabilities, (N, C)) of uint8 images (N, S, S, 3),
@@ -149,7 +165,8 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_meta
         targets = teacher_targets(teacher, x_teacher, accelerator, ctx, bf16=teacher_meta.get("mixed_precision", False))
     meta = {"arch": params.arch, "image_size": params.image_size, "kwargs": params.arch_kwargs,
             "classes": list(CLASSES), "dataset": version, "use_synthetic": params.use_synthetic,
-            "distilled": teacher is not None, "mixed_precision": params.mixed_precision, **(meta or {})}
+            "distilled": teacher is not None, "mixed_precision": params.mixed_precision,
+            "framing": version_framing(ctx, version), **(meta or {})}
 
     for step in range(start + 1, params.steps + 1):
         model.train()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.data.images import square_resize
+from engine.data.images import Framing, frame_for_model
 from engine.data.labels import CLASS_NAMES
 from engine.data.tensors import to_model_input
 from studio.demo.explain import Explainer, explainer_for
@@ -130,8 +130,9 @@ class ServedModel:
         self.explain(blank, self.classes[0])
 
     def model_view(self, image: Image.Image) -> np.ndarray:
-        """uint8 (S, S, 3): the picture as the model sees it (centre square, resized as in training)."""
-        return np.asarray(square_resize(image, self.image_size))
+        """uint8 (S, S, 3): the picture as the model saw its training images (its recorded framing: the centre
+        square, or for a DermaMNIST model the whole frame squashed as MedMNIST did), resized as in training."""
+        return np.asarray(frame_for_model(image, self.image_size, self.meta.get("framing")))
 
     def predict(self, view: np.ndarray) -> Prediction:
         x = to_model_input(view[None]).numpy()
@@ -170,7 +171,9 @@ class ServedModel:
                  f"- **Trained on** dataset version `{self.files.dataset or meta.get('dataset') or 'unknown'}`"
                  + (f" ({'real + curated synthetic' if meta.get('use_synthetic') else 'real only'}"
                     f"{', distilled from a teacher' if meta.get('distilled') else ''})"
-                    if 'use_synthetic' in meta else "")]
+                    if 'use_synthetic' in meta else ""),
+                 f"- **Framing**: {framing_text(meta.get('framing'), self.image_size)}; uploads are framed the same "
+                 "way before the model sees them"]
         if self.serving is None:
             lines.append("- **Uncertainty threshold**: not calibrated (no serving.json in the export): answers "
                          "are shown without an uncertainty cut-off")
@@ -201,6 +204,14 @@ class ServedModel:
             lines.append(f"| {CLASS_NAMES.get(code, code)} ({code}) | {row['precision']:.3f} | {row['recall']:.3f} "
                          f"| {row['f1']:.3f} | {row['support']} |")
         return "\n".join(lines)
+
+
+def framing_text(framing: dict | None, size: int) -> str:
+    """How a model's training images were made, in words."""
+    if framing and framing.get("crop") == Framing.whole_frame:
+        through = f" through {framing['via']}×{framing['via']} px" if framing.get("via") else ""
+        return f"the whole frame squashed to a square{through} (as MedMNIST made DermaMNIST), then {size} px"
+    return f"the centre square of each frame, resized to {size} px"
 
 
 def _read_json(path: Path) -> dict | None:

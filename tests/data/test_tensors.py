@@ -37,3 +37,17 @@ def test_training_arrays_crop_and_resize_each_stored_image(tmp_path):
     assert (np.abs(array.astype(int) - (255, 0, 0)) <= 2).all()
     assert list(tmp_path.glob("cache/arrays/*.npy"))  # decoded once, then read from the cache
     assert np.array_equal(load_array(tmp_path, items, 64), array)
+
+
+def test_a_whole_frame_model_sees_the_margins_squashed_through_its_sources_size():
+    from engine.data.images import Framing, frame_for_model
+
+    frame = framed(600, 450)  # blue margins of 75 px left and right
+    whole = np.asarray(frame_for_model(frame, 32, {"crop": Framing.whole_frame, "via": 28})).astype(int)
+    assert whole.shape == (32, 32, 3)
+    assert whole[16, 0, 2] > 200 and whole[16, 16, 0] > 200  # margin on the left edge, red in the middle
+    assert np.array_equal(np.asarray(frame_for_model(frame, 32, {"crop": Framing.whole_frame, "via": 28})),
+                          np.asarray(frame.resize((28, 28), Image.Resampling.LANCZOS)
+                                     .resize((32, 32), Image.Resampling.BICUBIC)))
+    for framing in (None, {}, {"crop": Framing.centre_square, "via": None}):  # what older models recorded: none
+        assert np.array_equal(np.asarray(frame_for_model(frame, 32, framing)), np.asarray(square_resize(frame, 32)))

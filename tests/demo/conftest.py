@@ -29,7 +29,8 @@ def phantom_inputs(size: int, per_class: int, seed: int) -> tuple[torch.Tensor, 
     return to_model_input(np.stack(pixels)), np.repeat(np.arange(len(CLASSES)), per_class)
 
 
-def make_export(folder: Path, arch: str = "efficientnet_b0", size: int = 64, **kwargs) -> Path:
+def make_export(folder: Path, arch: str = "efficientnet_b0", size: int = 64, framing: dict | None = None,
+                **kwargs) -> Path:
     """An untrained student exported for serving exactly as the export job does it (export_for_serving), with an
     evaluation of the same shape as the evaluate job's (on phantom images, which the model card then shows)."""
     from engine.metrics import classification_report
@@ -40,7 +41,7 @@ def make_export(folder: Path, arch: str = "efficientnet_b0", size: int = 64, **k
     torch.manual_seed(0)
     model = build_classifier(arch, len(CLASSES), size, **kwargs).eval()
     meta = {"arch": arch, "image_size": size, "kwargs": kwargs, "classes": list(CLASSES),
-            "dataset": "phantom-fixture", "use_synthetic": False, "distilled": False}
+            "dataset": "phantom-fixture", "use_synthetic": False, "distilled": False, "framing": framing}
     test_x, test_y = phantom_inputs(size, 2, seed=1)
     val_x, val_y = phantom_inputs(size, 4, seed=2)
     evaluation = classification_report(probabilities(model, test_x), test_y, CLASSES) | {

@@ -99,3 +99,24 @@ def _tiff(img: Image.Image) -> bytes:
     out = io.BytesIO()
     img.save(out, "TIFF")
     return out.getvalue()
+
+
+@pytest.mark.parametrize("crop", ["whole-frame", "centre-square"])
+def test_the_demo_frames_an_upload_as_the_model_was_trained(tmp_path, crop):
+    """A DermaMNIST model saw whole frames squashed to 28 px; a HAM10000 model saw centre squares: each is served
+    the way it was trained (issue 22: centre crops served to a whole-frame model cost ~0.025 macro-F1)."""
+    from engine.data.images import frame_for_model
+    from studio.demo.model import ServedModel, files_in_folder
+    from tests.demo.conftest import make_export
+
+    framing = {"crop": crop, "via": 28 if crop == "whole-frame" else None}
+    model = ServedModel(files_in_folder(make_export(tmp_path / "export", "vit_tiny_patch16_224", 32, framing,
+                                                    patch_size=4, depth=1)))
+    upload = Image.new("RGB", (600, 450), (0, 0, 255))
+    upload.paste((255, 0, 0), (75, 0, 525, 450))  # red centre square, blue margins
+    view = model.model_view(upload)
+    assert np.array_equal(view, np.asarray(frame_for_model(upload, 32, framing)))
+    assert bool(view[16, 0, 2] > 200) is (crop == "whole-frame")  # the margin reaches only the whole-frame model
+    card = model.model_card()
+    assert ("the whole frame squashed to a square through 28×28 px" in card) is (crop == "whole-frame")
+    assert ("the centre square of each frame, resized to 32 px" in card) is (crop == "centre-square")
