@@ -35,7 +35,7 @@ serve: install  ## the Gradio demo of the student the studio serves (MODEL=expor
 	$(BIN)/python -m studio.demo $(if $(MODEL),--model $(MODEL))
 
 train: install  ## MAE + teacher + distilled students (and real-only baselines) on the newest dataset version
-	$(BIN)/dermae train --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET))
+	$(BIN)/dermae train --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(REAL_FRACTION),--real-fraction $(REAL_FRACTION))
 
 test: install $(CHROMIUM)  ## lint, then the whole suite (slow end-to-end and browser tests included)
 	$(BIN)/ruff check .

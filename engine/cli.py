@@ -351,13 +351,20 @@ def train(
                                               "| smoke | paper (configs/).")] = "cpu64",
     dataset: Annotated[str | None, typer.Option(help="Dataset version; default: the newest (a real-only one is "
                                                      "frozen if there is none).")] = None,
+    seeds: Annotated[int, typer.Option(min=1, max=5, help="Train the teacher and every arm this many times, "
+                                                           "with different seeds: the table shows mean ± sd and "
+                                                           "each arm's difference from real only with its "
+                                                           "interval.")] = 1,
+    real_fraction: Annotated[float, typer.Option(min=0.01, max=1.0, help="Every job of the run trains on this share "
+                                                 "of the real train lesions per class, the same ones: what synthetic "
+                                                 "images are worth to a clinic with little data.")] = 1.0,
     workspace: Workspace = None,
 ) -> None:
     """MAE pre-training, teacher fine-tune, students distilled on curated data and their real-only baselines,
     each evaluated on the real test split; follows the run and prints the comparison table."""
     from engine.client import Client, ServerNotFound
     from engine.launcher import Launcher
-    from engine.pipelines import train_chain
+    from engine.pipelines import freeze_uncurated_twin, synthetic_in, train_chain, uncurated_twin_of
     from engine.profiles import load_profile
 
     try:
@@ -384,7 +391,14 @@ def train(
         else:
             version = _call(client.dataset, dataset)
         dataset = version.id
-        run = _call(client.submit_pipeline, train_chain(chosen, version))
+        uncurated = None
+        if "uncurated" in chosen.arms and synthetic_in(version):
+            uncurated = uncurated_twin_of(_call(client.datasets), version)
+            if uncurated is None:
+                uncurated = _call(freeze_uncurated_twin, client, version)
+                typer.echo(f"uncurated arm: froze {uncurated.id} ({synthetic_in(uncurated)} synthetic images drawn "
+                           "before any review, as many per class as the curated set)")
+        run = _call(client.submit_pipeline, train_chain(chosen, version, seeds, uncurated, real_fraction))
         typer.echo(f"pipeline {run.id} on dataset {dataset}")
         codes = [_follow(client, job.id) for job in run.jobs]
         _print_comparison(client, run.id)
@@ -397,7 +411,7 @@ def train(
 
 
 def _print_comparison(client, pipeline_id: str) -> None:
-    from engine.pipelines import arm_comparison
+    from engine.pipelines import arm_comparison, arm_differences, arm_summary, predictions_over_http
 
     rows = arm_comparison(_call(client.pipeline, pipeline_id).jobs)
     if not rows:
@@ -406,7 +420,14 @@ def _print_comparison(client, pipeline_id: str) -> None:
     def cell(value: float | None, spec: str, width: int) -> str:
         return format("–" if value is None else format(value, spec), f">{width}")
 
+    summary = arm_summary(rows)
     typer.secho(f"\nreal test split ({' / '.join(sorted({r['split_kind'] for r in rows}))})", bold=True)
+    if max(r["seeds"] for r in summary) > 1:
+        typer.echo(f"{'arm':<52}{'seeds':>6}{'macro-F1':>16}{'bal.acc':>16}{'acc':>16}   (mean ± sd over seeds)")
+        for r in summary:
+            typer.echo(f"{r['arm'][:51]:<52}{r['seeds']:>6}" + "".join(
+                f"{_mean_sd(r[name], r[f'{name}_sd']):>16}" for name in ("macro_f1", "balanced_accuracy", "accuracy")))
+        typer.echo("")
     typer.echo(f"{'arm':<52}{'macro-F1':>9}{'1 view':>8}{'bal.acc':>9}{'acc':>7}{'AUC':>7}{'ECE':>7}{'params':>9}"
                f"{'GFLOPs':>8}{'ms':>7}")
     for r in rows:
@@ -415,6 +436,26 @@ def _print_comparison(client, pipeline_id: str) -> None:
                    f"{cell(r['balanced_accuracy'], '.3f', 9)}"
                    f"{cell(r['accuracy'], '.3f', 7)}{cell(r['auc_ovr'], '.3f', 7)}{cell(r['ece'], '.3f', 7)}"
                    f"{params:>9}{cell(r['gflops'], '.3f', 8)}{cell(r['latency_ms'], '.1f', 7)}")
+    try:
+        differences = arm_differences(_call(client.pipeline, pipeline_id).jobs, predictions_over_http(client))
+    except LookupError as e:
+        typer.echo(f"\nno paired comparison: {e}")
+        return
+    if differences:
+        typer.secho("\neach arm minus real only, same student and seed, same test images: difference (mean over "
+                    "seeds) [95% interval over resampled test lesions]; * the interval excludes zero", bold=True)
+        for d in differences:
+            f1, bal = d["macro_f1"], d["balanced_accuracy"]
+            typer.echo(f"{d['arm'][:51]:<52} macro-F1 {_difference(f1)}   balanced acc {_difference(bal)}")
+
+
+def _mean_sd(mean: float | None, sd: float | None) -> str:
+    return "–" if mean is None else f"{mean:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+
+
+def _difference(d: dict) -> str:
+    low, high = d["ci95"]
+    return f"{d['diff']:+.3f} [{low:+.3f}, {high:+.3f}]{'*' if d['excludes_zero'] else ' '}"
 
 
 def _job_row(job) -> str:

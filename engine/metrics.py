@@ -350,27 +350,35 @@ def paired_bootstrap(labels: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
                      n_classes: int, resamples: int = 2000, seed: int = 0) -> dict[str, dict]:
     """Arm a minus arm b on the same test images, in macro-F1 and balanced accuracy, with a 95% percentile
     interval from resampling lesions (`groups`, one per image) with replacement — paired: both arms are scored
-    on each resample. labels, pred_a, pred_b: (N,) class indices. Returns {metric: {a, b, diff, ci95,
-    excludes_zero}}; macro-F1 averages all n_classes (0 for a class never predicted nor present, as
-    `classification_report`), balanced accuracy the classes present in the resample."""
-    labels, pred_a, pred_b = (np.asarray(v, dtype=np.int64) for v in (labels, pred_a, pred_b))
-    if not len(labels) == len(pred_a) == len(pred_b) == len(groups):
-        raise ValueError(f"one label, two predictions and one group per image: got {len(labels)}, {len(pred_a)}, "
-                         f"{len(pred_b)}, {len(groups)}")
+    on each resample. labels (N,) class indices; pred_a, pred_b (N,), or (S, N) for S seeds of each arm, whose
+    figures are then averaged over the seeds, in the whole set and in every resample alike. Returns {metric: {a,
+    b, diff, ci95, excludes_zero, per_seed}}; macro-F1 averages all n_classes (0 for a class never predicted nor
+    present, as `classification_report`), balanced accuracy the classes present in the resample."""
+    labels = np.asarray(labels, dtype=np.int64)
+    pred_a, pred_b = (np.atleast_2d(np.asarray(v, dtype=np.int64)) for v in (pred_a, pred_b))
+    if not pred_a.shape == pred_b.shape == (len(pred_a), len(labels)) or len(groups) != len(labels):
+        raise ValueError(f"one label, a prediction per seed of each arm and one group per image: got {len(labels)} "
+                         f"labels, predictions {pred_a.shape} and {pred_b.shape}, {len(groups)} groups")
     drawn = group_resample_counts(groups, resamples, seed)  # (R, N)
     shape = (n_classes, n_classes)
-    confusions = []  # per arm: the whole set's confusion (1, K, K) and each resample's (R, K, K)
-    for pred in (pred_a, pred_b):
+    images = np.arange(len(labels))
+
+    def confusions(pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The whole set's confusion (1, K, K) and each resample's (R, K, K) for one seed's predictions."""
         cells = np.zeros((len(labels), n_classes * n_classes))  # each image's cell of the confusion matrix
-        cells[np.arange(len(labels)), labels * n_classes + pred] = 1
-        confusions.append((cells.sum(0).reshape(1, *shape), (drawn @ cells).reshape(resamples, *shape)))
-    (a_all, a_drawn), (b_all, b_drawn) = confusions
+        cells[images, labels * n_classes + pred] = 1
+        return cells.sum(0).reshape(1, *shape), (drawn @ cells).reshape(resamples, *shape)
+
+    per_seed = [(confusions(a), confusions(b)) for a, b in zip(pred_a, pred_b, strict=True)]
     out = {}
     for name, score in (("macro_f1", _macro_f1), ("balanced_accuracy", _balanced_accuracy)):
-        a, b = float(score(a_all)[0]), float(score(b_all)[0])
-        low, high = (float(q) for q in np.quantile(score(a_drawn) - score(b_drawn), [0.025, 0.975]))
+        a_seeds = np.array([score(a_all)[0] for (a_all, _), _ in per_seed])
+        b_seeds = np.array([score(b_all)[0] for _, (b_all, _) in per_seed])
+        diffs = np.mean([score(a_drawn) - score(b_drawn) for (_, a_drawn), (_, b_drawn) in per_seed], axis=0)
+        low, high = (float(q) for q in np.quantile(diffs, [0.025, 0.975]))
+        a, b = float(a_seeds.mean()), float(b_seeds.mean())
         out[name] = {"a": a, "b": b, "diff": a - b, "ci95": [low, high], "excludes_zero": bool(low > 0 or high < 0),
-                     "resamples": resamples, "groups": len(set(groups))}
+                     "per_seed": (a_seeds - b_seeds).tolist(), "resamples": resamples, "groups": len(set(groups))}
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -43,46 +44,96 @@ def synthetic_in(version: DatasetVersion) -> int:
     return sum(version.counts.get("synthetic", {}).get("train", {}).values())
 
 
-def distilled_arm(version: DatasetVersion) -> tuple[str, str]:
-    """(key, label) of the arm that trains on the version's images with the teacher, named after what it trained
-    on: a version without synthetic images has no "curated synthetic" arm — its gain is the teacher's."""
-    n = synthetic_in(version)
-    if n == 0:
-        return "real_kd", "real only + MAE + KD"
+def curated_label(version: DatasetVersion) -> str:
+    """What the version's synthetic images are, in words: how many, and who chose them."""
     curated = "auto-curated (from scores)" if version.policy.get("selection") == "scores" else "human-curated"
-    return "curated", f"real + {n} {curated} synthetic + MAE + KD"
+    return f"{synthetic_in(version)} {curated} synthetic"
 
 
-def train_chain(profile: Profile, version: DatasetVersion) -> PipelineSubmit:
-    """MAE pre-training -> teacher fine-tune -> students distilled on the version, and for every student the
-    baseline arm (the same student, same budget, real data only, no teacher). Each model is evaluated on the
-    real test split; the first student of the distilled arm is exported for serving."""
+def run_arms(profile: Profile, version: DatasetVersion, uncurated: DatasetVersion | None = None
+             ) -> dict[str, tuple[DatasetVersion, dict[str, bool], str]]:
+    """{arm: (the version it trains on, distill flags, label)} of a train run: the profile's arms where the data
+    allow them, each named after what it trained on. A version without synthetic images has no curated arm (and
+    always a real_kd one: its KD arm's gain is the teacher's, not synthetic images'); the uncurated arm needs the
+    uncurated twin (`freeze_uncurated_twin`)."""
+    arms = {"baseline": (version, {"use_synthetic": False, "use_teacher": False}, "real only")}
+    if "real_kd" in profile.arms or not synthetic_in(version):
+        arms["real_kd"] = (version, {"use_synthetic": False, "use_teacher": True}, "real only + MAE + KD")
+    if "curated" in profile.arms and synthetic_in(version):
+        arms["curated"] = (version, {"use_synthetic": True, "use_teacher": True},
+                           f"real + {curated_label(version)} + MAE + KD")
+    if "uncurated" in profile.arms and uncurated is not None and synthetic_in(uncurated):
+        arms["uncurated"] = (uncurated, {"use_synthetic": True, "use_teacher": True},
+                             f"real + {synthetic_in(uncurated)} uncurated synthetic + MAE + KD")
+    return arms
+
+
+def uncurated_twin_of(versions: Iterable[DatasetVersion], version: DatasetVersion) -> DatasetVersion | None:
+    """The newest uncurated twin already frozen for `version` (see `freeze_uncurated_twin`), if any."""
+    return next((v for v in versions if (v.note or "").startswith(f"uncurated twin of {version.id}:")), None)
+
+
+def freeze_uncurated_twin(client: Any, version: DatasetVersion) -> DatasetVersion | None:
+    """The uncurated arm's data: a version with the same real images and, per class, as many synthetic images as
+    `version` holds, taken from everything generated in the order it was made, before any review or score.
+    None when `version` has no synthetic image."""
+    targets = {c: n for c, n in version.counts.get("synthetic", {}).get("train", {}).items() if n}
+    if not targets:
+        return None
+    return client.freeze_dataset(f"{version.name}-uncurated"[:64], f"uncurated twin of {version.id}: as many "
+                                 "synthetic images per class, drawn before any review", selection="all",
+                                 targets=targets)
+
+
+def train_chain(profile: Profile, version: DatasetVersion, seeds: int = 1,
+                uncurated: DatasetVersion | None = None, real_fraction: float = 1.0) -> PipelineSubmit:
+    """MAE pre-training -> teacher fine-tune -> for every student, the run's arms (`run_arms`: real only, real +
+    KD, curated, uncurated), same budget each. Each model is evaluated on the real test split; the first student
+    of the distilled arm (curated, else real_kd) is exported for serving.
+
+    With `seeds` > 1 the teacher and every arm are trained once per seed (keys `seed<k>.`), each seed's arms
+    distilled from that seed's teacher; the MAE encoder they start from is pre-trained once. With `real_fraction`
+    < 1 every job — MAE, teacher and arms — sees only that share of the real train lesions, the same ones
+    (`real_subsample`): what synthetic images are worth to a clinic with little data."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, not {seeds}")
     dataset = version.id
-    steps = [
-        PipelineStep(key="mae", kind="pretrain_mae", params=profile.params("pretrain_mae", dataset=dataset)),
-        PipelineStep(key="teacher", kind="finetune", params=profile.params("finetune", dataset=dataset),
-                     after_keys=["mae"]),
-        PipelineStep(key="teacher.eval", kind="evaluate", params={"arm": "teacher (MAE + fine-tune)"},
-                     after_keys=["teacher"]),
-    ]
-    distilled, distilled_label = distilled_arm(version)
-    arms = {
-        "baseline": ({"use_synthetic": False, "use_teacher": False}, [], "real only"),
-        distilled: ({"use_synthetic": True, "use_teacher": True}, ["teacher"], distilled_label),
-    }
-    for i, student in enumerate(profile.students):
-        name = student["arch"]
-        for arm, (flags, after, label) in arms.items():
-            key = f"{arm}.{name}"
-            steps.append(PipelineStep(key=key, kind="distill", after_keys=after,
-                                      params=profile.params("distill", dataset=dataset, **student, **flags)))
-            steps.append(PipelineStep(key=f"{key}.eval", kind="evaluate", after_keys=[key],
-                                      params={"arm": f"{name}: {label}"}))
-        if i == 0:
-            steps.append(PipelineStep(key=f"{distilled}.{name}.export", kind="export",
-                                      after_keys=[f"{distilled}.{name}", f"{distilled}.{name}.eval"],
-                                      params={"model": None, "name": f"{name}-{profile.name}"}))
-    return PipelineSubmit(name=f"train-{profile.name}", steps=steps)
+    arms = run_arms(profile, version, uncurated)
+    served_arm = "curated" if "curated" in arms else "real_kd"
+    scarce = {"real_fraction": real_fraction} if real_fraction < 1 else {}
+    steps = [PipelineStep(key="mae", kind="pretrain_mae",
+                          params=profile.params("pretrain_mae", dataset=dataset, **scarce))]
+    for seed in range(seeds):
+        prefix = f"seed{seed}." if seeds > 1 else ""
+        steps += [
+            PipelineStep(key=f"{prefix}teacher", kind="finetune", params=_seeded(profile, "finetune", seed,
+                                                                                 dataset=dataset, **scarce),
+                         after_keys=["mae"]),
+            PipelineStep(key=f"{prefix}teacher.eval", kind="evaluate", params={"arm": "teacher (MAE + fine-tune)"},
+                         after_keys=[f"{prefix}teacher"]),
+        ]
+        for i, student in enumerate(profile.students):
+            name = student["arch"]
+            for arm, (data, flags, label) in arms.items():
+                key = f"{prefix}{arm}.{name}"
+                steps.append(PipelineStep(key=key, kind="distill",
+                                          params=_seeded(profile, "distill", seed, dataset=data.id, **student,
+                                                         **flags, **scarce),
+                                          after_keys=[f"{prefix}teacher"] if flags["use_teacher"] else []))
+                steps.append(PipelineStep(key=f"{key}.eval", kind="evaluate", after_keys=[key],
+                                          params={"arm": f"{name}: {label}"}))
+            if i == 0 and seed == 0:
+                served = f"{prefix}{served_arm}.{name}"
+                steps.append(PipelineStep(key=f"{served}.export", kind="export", after_keys=[served, f"{served}.eval"],
+                                          params={"model": None, "name": f"{name}-{profile.name}"}))
+    name = f"train-{profile.name}" + (f"-real{real_fraction:g}" if scarce else "")
+    return PipelineSubmit(name=name, steps=steps)
+
+
+def _seeded(profile: Profile, kind: str, seed: int, **overrides: Any) -> dict[str, Any]:
+    """A job's profile parameters with its seed moved on by `seed` (0: the profile's own)."""
+    params = profile.params(kind, **overrides)
+    return params | {"seed": params.get("seed", 0) + seed}
 
 
 def arm_comparison(jobs: Iterable[JobInfo]) -> list[dict[str, Any]]:
@@ -101,3 +152,78 @@ def arm_comparison(jobs: Iterable[JobInfo]) -> list[dict[str, Any]]:
 
 
 PIPELINES: dict[str, Callable[[Profile], PipelineSubmit]] = {"generator": generator_chain}
+
+
+def baseline_key(key: str | None) -> str | None:
+    """The pipeline key of the real-only baseline an arm's evaluation is compared with: the same student (and
+    whatever prefix, such as a seed, the key has) in the `baseline` arm. None for the baseline itself and for
+    evaluations outside an arm (the teacher)."""
+    parts = (key or "").split(".")
+    if len(parts) < 3 or parts[-1] != "eval" or parts[-3] == "baseline":
+        return None
+    return ".".join([*parts[:-3], "baseline", *parts[-2:]])
+
+
+def arm_differences(jobs: Iterable[JobInfo], predictions: Callable[[int], dict], resamples: int = 2000,
+                    seed: int = 0) -> list[dict[str, Any]]:
+    """Each arm minus the real-only baseline of the same student in the same seed, on the same test images:
+    macro-F1 and balanced accuracy with 95% intervals from resampling test lesions (`metrics.paired_bootstrap`),
+    averaged over the run's seeds (each seed's difference in `per_seed`). `predictions(job_id)` gives an evaluate
+    job's per-image predictions (its `predictions` artifact)."""
+    import numpy as np
+
+    from engine import metrics
+    from engine.data.labels import CLASSES
+
+    evaluated = {j.pipeline_key: j for j in jobs if j.kind == "evaluate" and isinstance(j.result, dict)}
+    pairs: dict[str, list[tuple[JobInfo, JobInfo]]] = {}  # arm -> (its evaluation, its baseline's) per seed
+    for key, job in sorted(evaluated.items(), key=lambda kv: kv[1].id):
+        base = evaluated.get(baseline_key(key))
+        if base is not None:
+            pairs.setdefault(job.result.get("arm") or key, []).append((job, base))
+    rows = []
+    for arm, seeded in pairs.items():
+        arms, baselines = [predictions(j.id) for j, _ in seeded], [predictions(b.id) for _, b in seeded]
+        for (job, base), one, real_only in zip(seeded, arms, baselines, strict=True):
+            if one["ids"] != real_only["ids"] or one["ids"] != arms[0]["ids"]:
+                raise ValueError(f"jobs {job.id} and {base.id} were evaluated on different images: no paired "
+                                 "comparison")
+        rows.append({"arm": arm, "baseline": seeded[0][1].result.get("arm") or seeded[0][1].pipeline_key,
+                     "job_ids": [j.id for j, _ in seeded], "baseline_job_ids": [b.id for _, b in seeded],
+                     "seeds": len(seeded),
+                     **metrics.paired_bootstrap(arms[0]["labels"], np.array([p["predicted"] for p in arms]),
+                                                np.array([p["predicted"] for p in baselines]),
+                                                arms[0]["lesion_ids"], len(CLASSES), resamples, seed)})
+    return rows
+
+
+def arm_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`arm_comparison`'s rows of a run with several seeds, one row per arm: each figure's mean and standard
+    deviation over the seeds (sd None with one seed), in the order the arms first appear."""
+    import numpy as np
+
+    by_arm: dict[str, list[dict]] = {}
+    for row in rows:
+        by_arm.setdefault(row["arm"], []).append(row)
+    summary = []
+    for arm, seeded in by_arm.items():
+        out: dict[str, Any] = {"arm": arm, "arch": seeded[0]["arch"], "seeds": len(seeded),
+                               "split_kind": seeded[0]["split_kind"]}
+        for name in ARM_FIGURES:
+            values = [r[name] for r in seeded if r[name] is not None]
+            out[name] = float(np.mean(values)) if values else None
+            out[f"{name}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+        summary.append(out)
+    return summary
+
+
+def predictions_over_http(client, fetch: Callable[[int, Any], bytes] | None = None) -> Callable[[int], dict]:
+    """`arm_differences`' reader for an API client: an evaluate job's predictions artifact. `fetch(job_id,
+    artifact)` reads its bytes (the studio passes a cached one); default, `client.artifact_bytes`."""
+    def read(job_id: int) -> dict:
+        artifact = next((a for a in reversed(client.job_artifacts(job_id)) if a.kind == "predictions"), None)
+        if artifact is None:
+            raise LookupError(f"evaluate job {job_id} kept no per-image predictions (evaluated before they were)")
+        data = fetch(job_id, artifact) if fetch else client.artifact_bytes(job_id, artifact.id)
+        return json.loads(data)
+    return read

@@ -11,6 +11,11 @@ from typing import Any
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PROFILES = ("smoke", "cpu64", "tiny", "paper")
 DEFAULT_PROFILE = "cpu64"
+# The arms a train run may compare, each against `baseline` (real only, no teacher, always run): real_kd (real
+# only, distilled from the MAE teacher), curated (+ the version's synthetic images), uncurated (+ as many
+# synthetic images per class drawn from everything generated, before any review). All distilled arms of a seed
+# share its teacher.
+ARMS = ("baseline", "real_kd", "curated", "uncurated")
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class Profile:
     data: DataProfile
     jobs: dict[str, dict[str, Any]]  # job kind -> parameters, validated against the kind's Params
     students: list[dict[str, Any]]  # [train.students]: distill parameters per student (arch, image_size …)
+    arms: tuple[str, ...] = ARMS  # [train] arms: which of ARMS a run trains (where the version allows)
 
     def params(self, kind: str, **overrides: Any) -> dict[str, Any]:
         return {**self.jobs.get(kind, {}), **overrides}
@@ -61,4 +67,11 @@ def load_profile(name: str, config_dir: Path = CONFIG_DIR) -> Profile:
     unknown = sorted(set(raw) - {"data", "jobs", "train"})
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {unknown}")
-    return Profile(name=name, data=DataProfile(**section), jobs=jobs, students=students)
+    unknown_train = sorted(set(raw.get("train", {})) - {"students", "arms"})
+    if unknown_train:
+        raise ValueError(f"{path}: unknown key(s) {unknown_train} in [train]")
+    arms = tuple(raw.get("train", {}).get("arms", ARMS))
+    if set(arms) - set(ARMS) or "baseline" not in arms:
+        raise ValueError(f"{path}: [train] arms must name some of {', '.join(ARMS)}, baseline among them; got "
+                         f"{list(arms)}")
+    return Profile(name=name, data=DataProfile(**section), jobs=jobs, students=students, arms=arms)

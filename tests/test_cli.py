@@ -129,21 +129,34 @@ def test_users_add_ls_and_the_review_policy(server):
     dermae(server, "policy", "1")
 
 
-def test_the_train_table_shows_each_arm_with_and_without_test_time_augmentation(capsys):
+def test_the_train_table_shows_each_arm_and_its_difference_from_real_only_with_an_interval(capsys):
     from types import SimpleNamespace
 
     from engine.cli import _print_comparison
 
     result = {"arm": "efficientnet_b0: real only", "arch": "efficientnet_b0", "macro_f1": 0.523,
               "macro_f1_1view": 0.5, "balanced_accuracy": 0.551, "accuracy": 0.738, "auc_ovr": 0.914, "ece": 0.117,
-              "params": 4.02e6, "gflops": 0.512, "latency_ms": 17.6}
-    jobs = [SimpleNamespace(id=2, kind="evaluate", result=result),
-            SimpleNamespace(id=1, kind="distill", result={"val": {}})]
-    client = SimpleNamespace(pipeline=lambda pipeline_id: SimpleNamespace(jobs=jobs))
-    _print_comparison(client, "train-tiny-1")
-    header, row = capsys.readouterr().out.strip().splitlines()[-2:]
+              "params": 4.02e6, "gflops": 0.512, "latency_ms": 17.6, "split_kind": "lesion-aware"}
+    kd = result | {"arm": "efficientnet_b0: real only + MAE + KD"}
+    jobs = [SimpleNamespace(id=2, kind="evaluate", result=result, pipeline_key="baseline.efficientnet_b0.eval"),
+            SimpleNamespace(id=1, kind="distill", result={"val": {}}, pipeline_key="baseline.efficientnet_b0"),
+            SimpleNamespace(id=4, kind="evaluate", result=kd, pipeline_key="real_kd.efficientnet_b0.eval")]
+    labels = [0, 1, 2, 3, 4, 5, 6] * 20
+    predicted = {2: [0] * 140, 4: labels}  # real only says akiec to everything; the KD arm is always right
+    artifacts = {job_id: json.dumps({"ids": list(range(140)), "lesion_ids": [f"L{i}" for i in range(140)],
+                                     "labels": labels, "predicted": p}).encode() for job_id, p in predicted.items()}
+    client = SimpleNamespace(pipeline=lambda pipeline_id: SimpleNamespace(jobs=jobs),
+                             job_artifacts=lambda job_id: [SimpleNamespace(id=job_id * 10, kind="predictions")],
+                             artifact_bytes=lambda job_id, artifact_id: artifacts[job_id])
+    _print_comparison(client, "train-cpu64-1")
+    out = capsys.readouterr().out
+    assert "real test split (lesion-aware)" in out
+    header, row = out.split("real test split (lesion-aware)")[1].strip().splitlines()[:2]
     assert header.split()[:4] == ["arm", "macro-F1", "1", "view"]
     assert row.split()[-9:] == ["0.523", "0.500", "0.551", "0.738", "0.914", "0.117", "4.02M", "0.512", "17.6"]
+    [difference] = [line for line in out.splitlines() if line.startswith("efficientnet_b0: real only + MAE + KD")
+                    and "[" in line]
+    assert "macro-F1 +0.964 [" in difference and "]*" in difference  # 1.0 - 1/28, an interval above zero
 
 
 def test_following_a_job_draws_each_step_once_however_often_it_polls(monkeypatch, capsys):

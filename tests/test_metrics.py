@@ -349,5 +349,20 @@ def test_resampling_lesions_gives_wider_intervals_than_resampling_images() -> No
 
 
 def test_paired_bootstrap_refuses_mismatched_lengths() -> None:
-    with pytest.raises(ValueError, match="one label, two predictions and one group per image"):
+    with pytest.raises(ValueError, match="one label, a prediction per seed of each arm and one group per image"):
         metrics.paired_bootstrap(np.zeros(3), np.zeros(3), np.zeros(2), ["a", "b", "c"], n_classes=2)
+
+
+def test_paired_bootstrap_over_seeds_averages_each_seeds_difference() -> None:
+    labels, pred, groups = lesion_test_set()
+    rng = np.random.default_rng(5)
+    seeds_a = np.stack([np.where(rng.random(len(labels)) < 0.5, labels, pred) for _ in range(3)])
+    seeds_b = np.stack([pred, pred, np.where(rng.random(len(labels)) < 0.2, labels, pred)])
+    pooled = metrics.paired_bootstrap(labels, seeds_a, seeds_b, groups, n_classes=7, resamples=300)["macro_f1"]
+    singles = [metrics.paired_bootstrap(labels, a, b, groups, n_classes=7, resamples=300)["macro_f1"]
+               for a, b in zip(seeds_a, seeds_b, strict=True)]
+    assert pooled["per_seed"] == pytest.approx([s["diff"] for s in singles])
+    assert pooled["diff"] == pytest.approx(np.mean([s["diff"] for s in singles]))
+    assert pooled["ci95"][0] < pooled["diff"] < pooled["ci95"][1]
+    same_seed = metrics.paired_bootstrap(labels, seeds_a[:1], seeds_b[:1], groups, n_classes=7, resamples=300)
+    assert same_seed["macro_f1"]["ci95"] == singles[0]["ci95"]  # one seed as (1, N) is the plain pair

@@ -7,6 +7,8 @@ below its share, so each split's count of a class stays within one lesion's imag
 
 from __future__ import annotations
 
+import hashlib
+import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -81,3 +83,23 @@ def lesion_aware_split(
                 out[i] = SPLITS[k]
         assert sum(filled) == total
     return out
+
+
+def real_subsample(items: Sequence[dict], fraction: float) -> list[dict]:
+    """A scarce-data clinic's real train set: per class, `fraction` of its lesions (at least one) with all their
+    images, the rest of `items` (synthetic ones) kept. Which lesions is fixed by their ids alone (a hash, not a
+    seed), so every arm and every seed of a run — and any run at the same fraction — trains on the same subset.
+    Items are manifest rows ({id, label, source, lesion_id}); an image without a lesion id is its own lesion."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"real fraction must be in (0, 1], not {fraction}")
+    if fraction == 1:
+        return list(items)
+    lesions: dict[str, set[str]] = defaultdict(set)
+    for item in items:
+        if item["source"] == "real":
+            lesions[item["label"]].add(item["lesion_id"] or item["id"])
+    kept: set[str] = set()
+    for label, ids in lesions.items():
+        ranked = sorted(ids, key=lambda lesion: hashlib.sha256(f"{label}/{lesion}".encode()).hexdigest())
+        kept.update(ranked[:max(1, math.ceil(fraction * len(ranked)))])
+    return [i for i in items if i["source"] != "real" or (i["lesion_id"] or i["id"]) in kept]

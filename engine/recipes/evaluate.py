@@ -1,7 +1,8 @@
 """evaluate: a classifier on the REAL test split of its dataset version — never synthetic images, never used to
 choose a model. Accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1, confusion matrix,
 one-vs-rest ROC-AUC, calibration (ECE, reliability diagram); parameters, FLOPs and batch-1 CPU latency. Stored as
-metrics, a JSON report and an HTML report with plotly figures."""
+metrics, a JSON report, the per-image predictions (for paired comparisons of arms) and an HTML report with plotly
+figures."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel, Field
 from engine.jobs.context import JobContext
 
 KIND = "evaluate"
+PREDICTIONS_FILE = "predictions.json"
 
 
 class Params(BaseModel, extra="forbid"):
@@ -64,12 +66,14 @@ def run(params: Params, ctx: JobContext) -> dict:
     x = to_model_input(load_array(ctx.workspace, items, meta["image_size"]))
     y = labels_of(items)
     ctx.progress(0, 2, f"predicting {len(y)} real test images" + (" (8 views each)" if params.tta else ""))
-    single = classification_report(probabilities(model, x), np.asarray(y), CLASSES)
+    single_probs = probabilities(model, x)
+    single = classification_report(single_probs, np.asarray(y), CLASSES)
     if params.tta:
         model = DihedralTTA(model)
-        report = classification_report(probabilities(model, x, batch=64), np.asarray(y), CLASSES)
+        probs = probabilities(model, x, batch=64)
+        report = classification_report(probs, np.asarray(y), CLASSES)
     else:
-        report = single
+        probs, report = single_probs, single
     report["tta"] = "mean over the 8 flips/rotations" if params.tta else None
     report["single_view"] = {k: single[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "ece")}
     ctx.progress(1, 2, "measuring cost")
@@ -95,6 +99,12 @@ def run(params: Params, ctx: JobContext) -> dict:
     path = ctx.artifact_dir / "evaluation.json"
     path.write_text(json.dumps(report, indent=2))
     ctx.save_artifact(path, "evaluation")
+    predictions = ctx.artifact_dir / PREDICTIONS_FILE  # per image, for paired comparisons of arms over lesions
+    predictions.write_text(json.dumps({
+        "ids": [i["id"] for i in items], "lesion_ids": [i["lesion_id"] or i["id"] for i in items],
+        "labels": [int(v) for v in y], "predicted": [int(v) for v in np.asarray(probs).argmax(1)],
+        "probs": np.round(np.asarray(probs, dtype=np.float64), 5).tolist()}))
+    ctx.save_artifact(predictions, "predictions")
     html = ctx.artifact_dir / "evaluation.html"
     html.write_text(report_html(report, params.arm or meta["arch"]))
     ctx.save_artifact(html, "evaluation_report")

@@ -35,6 +35,9 @@ class FitParams(BaseModel, extra="forbid"):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     mixed_precision: bool = Field(False, description="bf16 autocast (where the device supports it).")
     eval_every: int = Field(250, ge=1)
+    real_fraction: float = Field(1.0, gt=0, le=1, description="Train on this share of the real train lesions, per "
+                                                               "class (the same ones in every arm): a clinic with "
+                                                               "little data. Val and test untouched.")
     seed: int = 0
 
 
@@ -47,12 +50,17 @@ def dataset_id(ctx: JobContext, given: str | None) -> str:
     return versions[0].id
 
 
-def version_arrays(ctx: JobContext, version: str, split: str, size: int, use_synthetic: bool = False):
-    """uint8 (N, size, size, 3) and int labels of a split of a dataset version."""
+def version_arrays(ctx: JobContext, version: str, split: str, size: int, use_synthetic: bool = False,
+                   real_fraction: float = 1.0):
+    """uint8 (N, size, size, 3) and int labels of a split of a dataset version; of the train split, with
+    `real_fraction` < 1, only that share of the real lesions (`real_subsample`)."""
+    from engine.data.splits import real_subsample
     from engine.data.tensors import labels_of, load_array
 
     items = [i.model_dump() for i in ctx.api.dataset_manifest(version, split=split)
              if use_synthetic or i.source == "real"]
+    if split == "train":
+        items = real_subsample(items, real_fraction)
     if not items:
         raise RuntimeError(f"dataset {version} has no {split} images")
     return load_array(ctx.workspace, items, size), labels_of(items)
@@ -134,7 +142,8 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_meta
     dev = accelerator.device
     torch.manual_seed(params.seed + accelerator.process_index)
     version = dataset_id(ctx, params.dataset)
-    x_train, y_train = version_arrays(ctx, version, "train", params.image_size, params.use_synthetic)
+    x_train, y_train = version_arrays(ctx, version, "train", params.image_size, params.use_synthetic,
+                                      params.real_fraction)
     x_val, y_val = version_arrays(ctx, version, "val", params.image_size)
     sources = "real + synthetic" if params.use_synthetic else "real"
     distilling = f", distilling at T={temperature}, alpha={alpha}" if teacher is not None else ""
@@ -161,7 +170,8 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_meta
     targets, teacher_meta = None, teacher_meta or {}
     teacher_size = teacher_meta.get("image_size", params.image_size)
     if teacher is not None and teacher_tta:
-        x_teacher, _ = version_arrays(ctx, version, "train", teacher_size, params.use_synthetic)
+        x_teacher, _ = version_arrays(ctx, version, "train", teacher_size, params.use_synthetic,
+                                      params.real_fraction)
         targets = teacher_targets(teacher, x_teacher, accelerator, ctx, bf16=teacher_meta.get("mixed_precision", False))
     meta = {"arch": params.arch, "image_size": params.image_size, "kwargs": params.arch_kwargs,
             "classes": list(CLASSES), "dataset": version, "use_synthetic": params.use_synthetic,

@@ -14,6 +14,8 @@ KIND = "pretrain_mae"
 
 class Params(BaseModel, extra="forbid"):
     dataset: str | None = Field(None, description="Dataset version id; default: the newest.")
+    real_fraction: float = Field(1.0, gt=0, le=1, description="Pre-train on this share of the real train lesions "
+                                                               "per class, as the run's arms do.")
     encoder: str = Field("vit_tiny_patch16_224", description="timm ViT of any size (tiny/small/base/huge).")
     image_size: int = Field(32, ge=16, le=1024)
     patch_size: int = Field(4, ge=2, le=32)
@@ -38,6 +40,7 @@ def run(params: Params, ctx: JobContext) -> dict:
     from accelerate import Accelerator
 
     from engine.data.augment import dihedral
+    from engine.data.splits import real_subsample
     from engine.data.tensors import grid_png, load_array, to_model_input
     from engine.models.classifier import save_classifier
     from engine.models.mae import MaskedAutoencoder
@@ -48,8 +51,8 @@ def run(params: Params, ctx: JobContext) -> dict:
     accelerator = Accelerator(mixed_precision="bf16" if params.mixed_precision else "no")
     torch.manual_seed(params.seed + accelerator.process_index)
     version = dataset_id(ctx, params.dataset)
-    items = [i.model_dump() for i in ctx.api.dataset_manifest(version, split="train")
-             if i.source == "synthetic" or params.use_real]
+    items = real_subsample([i.model_dump() for i in ctx.api.dataset_manifest(version, split="train")
+                            if i.source == "synthetic" or params.use_real], params.real_fraction)
     if not items:
         raise RuntimeError(f"dataset {version} has no images to pre-train on (use_real={params.use_real})")
     x = to_model_input(load_array(ctx.workspace, items, params.image_size))

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import streamlit as st
 
-from engine.pipelines import generator_chain, synthetic_in, train_chain
+from engine.pipelines import freeze_uncurated_twin, generator_chain, synthetic_in, train_chain, uncurated_twin_of
 from engine.profiles import DEFAULT_PROFILE, PROFILES, load_profile
 from engine.schemas import TERMINAL_STATES, JobInfo, PipelineStep, PipelineSubmit
 from studio import api
@@ -98,7 +98,15 @@ if may_start:
                 st.caption(f"{chosen}: {synthetic_in(version)} synthetic train images "
                            f"({version.policy.get('selection', 'reviews')}); the distilled arm is named after what "
                            "it trains on.")
-                chain = step_editor(train_chain(profile, version), "jobs_train")
+                uncurated = uncurated_twin_of(versions, version)
+                if "uncurated" in profile.arms and synthetic_in(version) and uncurated is None:
+                    st.info("The uncurated arm (as many synthetic images per class, drawn from everything generated "
+                            "before any review) needs its own version: freeze it to include the arm.")
+                    if st.button("Freeze the uncurated twin", key="jobs_freeze_twin"):
+                        twin = api.call(freeze_uncurated_twin, client, version)
+                        if twin is not None:
+                            st.rerun()
+                chain = step_editor(train_chain(profile, version, uncurated=uncurated), "jobs_train")
                 if st.button("Start the train chain", type="primary", key="jobs_start_train"):
                     submit(chain)
 

@@ -9,11 +9,12 @@ import json
 from collections.abc import Callable
 from typing import TypeVar
 
+import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
 from engine.client import Client
-from engine.pipelines import ARM_FIGURES, arm_comparison
+from engine.pipelines import ARM_FIGURES, arm_comparison, arm_differences, arm_summary, predictions_over_http
 from engine.schemas import Artifact, JobInfo, MetricSeries, ModelInfo
 from studio import api
 
@@ -110,14 +111,32 @@ def show_comparison(client: Client, jobs: list[JobInfo]) -> None:
     st.caption("Macro-F1 and balanced accuracy weigh every class alike: they show whether the rare classes are "
                "learned. The figures average each image's 8 flips/rotations, as the served model does; "
                "\"1 view\" is the model on the image alone. Latency: batch 1 on this engine's CPU.")
+    summary = arm_summary(rows)
+    if max(r["seeds"] for r in summary) > 1:
+        figure = go.Figure([go.Bar(name=label, x=[r["arm"] for r in summary], y=[r[name] for r in summary],
+                                   error_y={"type": "data", "array": [r[f"{name}_sd"] or 0 for r in summary]})
+                            for name, label in (("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy"))])
+        figure.update_layout(barmode="group", title="Arms: mean and sd over seeds", yaxis_range=[0, 1], height=380,
+                             margin={"t": 50, "b": 10}, legend={"orientation": "h", "y": -0.3})
+        st.plotly_chart(figure, width="stretch", key="runs_arm_seeds")
+    show_differences(client, jobs)
     reports = {r["job_id"]: report for r in rows if (report := evaluation_report(client, r["job_id"]))}
     if not reports:
         return
     classes = list(next(iter(reports.values()))["per_class"])
-    figure = go.Figure([go.Bar(name=r["arm"], x=classes, y=[reports[r["job_id"]]["per_class"][c]["f1"]
-                                                          for c in classes])
-                        for r in rows if r["job_id"] in reports])
-    figure.update_layout(barmode="group", title="Per-class F1 on the real test split", yaxis_title="F1",
+    per_arm: dict[str, list[dict]] = {}  # arm -> its reports, one per seed
+    for r in rows:
+        if r["job_id"] in reports:
+            per_arm.setdefault(r["arm"], []).append(reports[r["job_id"]])
+    figure = go.Figure()
+    for arm, seeded in per_arm.items():
+        f1 = np.array([[report["per_class"][c]["f1"] for c in classes] for report in seeded])
+        figure.add_trace(go.Bar(name=arm, x=classes, y=f1.mean(0).tolist(),
+                                error_y={"type": "data", "array": f1.std(0, ddof=1).tolist()} if len(f1) > 1 else None))
+    seeds = max(len(seeded) for seeded in per_arm.values())
+    figure.update_layout(barmode="group", yaxis_title="F1",
+                         title="Per-class F1 on the real test split" + (
+                             f" (mean and sd over {seeds} seeds)" if seeds > 1 else ""),
                          yaxis_range=[0, 1], height=400, margin={"t": 50, "b": 10},
                          legend={"orientation": "h", "y": -0.15})
     st.plotly_chart(figure, width="stretch", key="runs_per_class_f1")
@@ -127,6 +146,44 @@ def show_comparison(client: Client, jobs: list[JobInfo]) -> None:
         for column, row in zip(columns, evaluated[start:start + CONFUSIONS_PER_ROW], strict=False):
             column.plotly_chart(confusion_figure(reports[row["job_id"]], row["arm"]), width="stretch",
                                 key=f"runs_confusion_{row['job_id']}")
+
+
+def show_differences(client: Client, jobs: list[JobInfo]) -> None:
+    """Each arm minus real only (same student, same test images) with its 95% interval over resampled lesions."""
+    fetch = lambda job_id, artifact: artifact_file(client, job_id, artifact.id, artifact.sha256)  # noqa: E731
+    try:
+        differences = arm_differences(jobs, predictions_over_http(client, fetch))
+    except (LookupError, ValueError) as e:
+        st.caption(f"No paired comparison: {e}")
+        return
+    if not differences:
+        return
+    figure = go.Figure()
+    for name, label in (("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy")):
+        diffs = [d[name] for d in differences]
+        figure.add_trace(go.Scatter(
+            x=[d["diff"] for d in diffs], y=[d["arm"] for d in differences], mode="markers", name=label,
+            error_x={"type": "data", "symmetric": False, "array": [d["ci95"][1] - d["diff"] for d in diffs],
+                     "arrayminus": [d["diff"] - d["ci95"][0] for d in diffs]},
+            hovertemplate="%{y}: %{x:+.3f}<extra>" + label + "</extra>"))
+    figure.add_vline(x=0, line_dash="dot")
+    figure.update_layout(title="Each arm minus real only, same student: difference and 95% interval",
+                         xaxis_title="difference on the real test split", height=120 + 60 * len(differences),
+                         margin={"t": 50, "b": 10, "l": 10, "r": 10}, legend={"orientation": "h", "y": -0.3})
+    st.plotly_chart(figure, width="stretch", key="runs_differences")
+    st.dataframe([{"arm": d["arm"], "against": d["baseline"],
+                   **{label: f"{d[name]['diff']:+.3f} [{d[name]['ci95'][0]:+.3f}, {d[name]['ci95'][1]:+.3f}]"
+                      + (" *" if d[name]["excludes_zero"] else "")
+                      for name, label in (("macro_f1", "Δ macro-F1"), ("balanced_accuracy", "Δ balanced accuracy"))},
+                   "seeds": d["seeds"], "Δ macro-F1 per seed": " ".join(f"{v:+.3f}" for v in d["macro_f1"]["per_seed"])}
+                  for d in differences], hide_index=True, width="stretch")
+    seeds = max(d["seeds"] for d in differences)
+    st.caption(f"Paired bootstrap over the {differences[0]['macro_f1']['groups']} test lesions (2,000 resamples; "
+               "all images of a lesion are drawn together, so one lesion's several images do not narrow the "
+               "interval). * the interval excludes zero. "
+               + (f"Differences are means over {seeds} seeds, each arm against real only of its own seed."
+                  if seeds > 1 else "One seed: the teacher's seed alone moves macro-F1 by about 0.03, so run "
+                  "`make train SEEDS=3` before reading much into a difference."))
 
 
 def show_curves(series: list[MetricSeries], key: str) -> None:

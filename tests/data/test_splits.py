@@ -61,3 +61,35 @@ def test_bad_arguments():
         lesion_aware_split(["nv"], [])
     with pytest.raises(ValueError, match="sum to 1"):
         lesion_aware_split(["nv"], ["a"], fractions=(0.5, 0.1, 0.1))
+
+
+# --- a scarce-data clinic's subsample (issue 22's --real-fraction) ---
+
+def clinic_items() -> list[dict]:
+    """Real train rows of 3 classes, 1-3 images per lesion, and synthetic rows that a subsample must keep."""
+    items = []
+    for label, lesions in (("nv", 200), ("df", 9), ("vasc", 1)):
+        for lesion in range(lesions):
+            for image in range(1 + lesion % 3):
+                items.append({"id": f"{label}{lesion}-{image}", "label": label, "source": "real",
+                              "lesion_id": f"{label}-L{lesion}"})
+    return items + [{"id": f"syn{i}", "label": "df", "source": "synthetic", "lesion_id": None} for i in range(5)]
+
+
+def test_a_real_fraction_keeps_that_share_of_each_classes_lesions_whole_and_every_synthetic_image():
+    from engine.data.splits import real_subsample
+
+    items = clinic_items()
+    kept = real_subsample(items, 0.25)
+    lesions = {label: {i["lesion_id"] for i in kept if i["label"] == label and i["source"] == "real"}
+               for label in ("nv", "df", "vasc")}
+    assert {k: len(v) for k, v in lesions.items()} == {"nv": 50, "df": 3, "vasc": 1}  # ceil, at least one
+    for item in items:  # a lesion is kept with all its images or not at all
+        if item["source"] == "real":
+            assert (item in kept) is (item["lesion_id"] in lesions[item["label"]])
+    assert sum(i["source"] == "synthetic" for i in kept) == 5
+    assert real_subsample(list(reversed(items)), 0.25) == list(reversed(kept))  # fixed by the ids, not the order
+    assert lesions["nv"] <= {i["lesion_id"] for i in real_subsample(items, 0.5)}  # nested: more data adds lesions
+    assert real_subsample(items, 1.0) == items
+    with pytest.raises(ValueError, match="real fraction must be in"):
+        real_subsample(items, 0)

@@ -10,8 +10,9 @@ from engine.profiles import load_profile
 from engine.schemas import DatasetVersion
 
 
-def version(synthetic: dict[str, int], selection: str = "reviews") -> DatasetVersion:
-    return DatasetVersion(id="v", name="v", note=None, created_at=datetime(2026, 1, 1), policy={"selection": selection},
+def version(synthetic: dict[str, int], selection: str = "reviews", id: str = "v", note: str | None = None
+            ) -> DatasetVersion:
+    return DatasetVersion(id=id, name="v", note=note, created_at=datetime(2026, 1, 1), policy={"selection": selection},
                           counts={"real": {"train": {"nv": 50, "df": 5}}, "synthetic": {"train": synthetic}},
                           lineage={}, manifest_path="m", manifest_sha256="0" * 64, n_images=55)
 
@@ -36,3 +37,149 @@ def test_a_real_only_version_has_no_curated_synthetic_arm():
 def test_a_curated_arm_says_how_many_synthetic_images_and_how_they_were_chosen(selection, named):
     labels = arm_labels(version({"df": 30, "vasc": 12}, selection))
     assert labels["curated.efficientnet_b0.eval"] == f"efficientnet_b0: real + 42 {named} synthetic + MAE + KD"
+
+
+# --- each arm against real only, paired over test lesions ---
+
+def test_every_arm_is_paired_with_the_real_only_baseline_of_its_own_student():
+    from engine.pipelines import baseline_key
+
+    assert baseline_key("curated.efficientnet_b0.eval") == "baseline.efficientnet_b0.eval"
+    assert baseline_key("seed2.uncurated.vit_tiny_patch16_224.eval") == "seed2.baseline.vit_tiny_patch16_224.eval"
+    for no_pair in ("baseline.efficientnet_b0.eval", "teacher.eval", "curated.efficientnet_b0", None):
+        assert baseline_key(no_pair) is None
+
+
+def test_arm_differences_bootstrap_each_arm_against_its_baseline_on_the_same_images():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from engine.pipelines import arm_differences
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, 400)
+    lesions = [f"L{i // 2}" for i in range(400)]
+    noisy = np.where(rng.random(400) < 0.5, rng.integers(0, 7, 400), labels)
+    better = np.where(rng.random(400) < 0.7, labels, noisy)
+    predicted = {1: labels, 2: noisy, 3: better, 4: noisy}  # teacher, baseline, curated, another student's baseline
+
+    def job(job_id, key, arm):
+        return SimpleNamespace(id=job_id, kind="evaluate", pipeline_key=key, result={"arm": arm})
+
+    jobs = [job(1, "teacher.eval", "teacher"), job(2, "baseline.effnet.eval", "effnet: real only"),
+            job(3, "curated.effnet.eval", "effnet: real + 40 human-curated synthetic + MAE + KD"),
+            job(4, "baseline.vit.eval", "vit: real only")]
+    read = lambda job_id: {"ids": list(range(400)), "lesion_ids": lesions, "labels": labels.tolist(),  # noqa: E731
+                           "predicted": predicted[job_id].tolist()}
+    [row] = arm_differences(jobs, read, resamples=500)
+    assert (row["job_ids"], row["baseline_job_ids"], row["baseline"]) == ([3], [2], "effnet: real only")
+    assert row["macro_f1"]["excludes_zero"] and row["macro_f1"]["ci95"][0] > 0
+    assert row["macro_f1"]["groups"] == 200  # lesions, not images
+
+    shifted = lambda job_id: read(job_id) | ({"ids": list(range(1, 401))} if job_id == 3 else {})  # noqa: E731
+    with pytest.raises(ValueError, match="evaluated on different images"):
+        arm_differences(jobs, shifted)
+
+
+def test_seeds_train_the_teacher_and_every_arm_once_each_from_one_mae_encoder():
+    steps = {s.key: s for s in train_chain(load_profile("smoke"), version({"df": 3}), seeds=3).steps}
+    assert [k for k in steps if steps[k].kind == "pretrain_mae"] == ["mae"]
+    for seed in range(3):
+        teacher = steps[f"seed{seed}.teacher"]
+        assert teacher.after_keys == ["mae"] and teacher.params["seed"] == seed
+        for arm in ("baseline", "curated"):
+            student = steps[f"seed{seed}.{arm}.efficientnet_b0"]
+            assert student.params["seed"] == seed
+            assert student.after_keys == ([f"seed{seed}.teacher"] if arm == "curated" else [])
+    assert [k for k in steps if k.endswith(".export")] == ["seed0.curated.efficientnet_b0.export"]
+    with pytest.raises(ValueError, match="seeds must be at least 1"):
+        train_chain(load_profile("smoke"), version({}), seeds=0)
+
+
+def test_differences_and_the_summary_average_over_seeds():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from engine.pipelines import arm_comparison, arm_differences, arm_summary
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 7, 300)
+    jobs, predicted = [], {}
+    for seed in range(3):
+        for offset, (arm, label, right) in enumerate((("baseline", "real only", 0.5), ("curated", "curated", 0.8))):
+            job_id = 10 * seed + offset
+            predicted[job_id] = np.where(rng.random(300) < right, labels, (labels + 1) % 7)
+            f1 = float(np.mean(predicted[job_id] == labels))
+            jobs.append(SimpleNamespace(id=job_id, kind="evaluate", pipeline_key=f"seed{seed}.{arm}.effnet.eval",
+                                        result={"arm": f"effnet: {label}", "arch": "effnet", "macro_f1": f1}))
+    read = lambda job_id: {"ids": list(range(300)), "lesion_ids": list(range(300)),  # noqa: E731
+                           "labels": labels.tolist(), "predicted": predicted[job_id].tolist()}
+    [row] = arm_differences(jobs, read, resamples=300)
+    assert row["seeds"] == 3 and row["job_ids"] == [1, 11, 21] and row["baseline_job_ids"] == [0, 10, 20]
+    assert len(row["macro_f1"]["per_seed"]) == 3 and row["macro_f1"]["excludes_zero"]
+    summary = arm_summary(arm_comparison(jobs))
+    assert [(r["arm"], r["seeds"]) for r in summary] == [("effnet: real only", 3), ("effnet: curated", 3)]
+    accuracies = [j.result["macro_f1"] for j in jobs if j.result["arm"] == "effnet: curated"]
+    assert summary[1]["macro_f1"] == pytest.approx(np.mean(accuracies))
+    assert summary[1]["macro_f1_sd"] == pytest.approx(np.std(accuracies, ddof=1))
+
+
+def test_the_uncurated_arm_trains_on_its_twin_with_the_same_teacher():
+    curated = version({"df": 30, "vasc": 12})
+    twin = version({"df": 30, "vasc": 12}, "all", id="v-uncurated")
+    steps = {s.key: s for s in train_chain(load_profile("smoke"), curated, uncurated=twin).steps}
+    arms = [k.removesuffix(".efficientnet_b0") for k in steps if k.endswith(".efficientnet_b0")]
+    assert arms == ["baseline", "real_kd", "curated", "uncurated"]
+    assert steps["uncurated.efficientnet_b0"].params["dataset"] == "v-uncurated"
+    for arm in ("baseline", "real_kd", "curated"):
+        assert steps[f"{arm}.efficientnet_b0"].params["dataset"] == "v"
+    for arm in ("real_kd", "curated", "uncurated"):
+        assert steps[f"{arm}.efficientnet_b0"].after_keys == ["teacher"]
+    assert steps["uncurated.efficientnet_b0.eval"].params["arm"] == \
+        "efficientnet_b0: real + 42 uncurated synthetic + MAE + KD"
+
+
+def test_the_uncurated_twin_takes_as_many_images_per_class_before_any_review():
+    from types import SimpleNamespace
+
+    from engine.pipelines import freeze_uncurated_twin, uncurated_twin_of
+
+    frozen = []
+    client = SimpleNamespace(freeze_dataset=lambda *args, **kwargs: frozen.append((args, kwargs)) or "twin")
+    assert freeze_uncurated_twin(client, version({"df": 30, "vasc": 0, "bcc": 5})) == "twin"
+    [((name, note), kwargs)] = frozen
+    assert name == "v-uncurated" and note.startswith("uncurated twin of v:")
+    assert kwargs == {"selection": "all", "targets": {"df": 30, "bcc": 5}}
+    assert freeze_uncurated_twin(client, version({})) is None  # nothing to match
+    twin = version({"df": 30}, "all", id="twin", note=note)
+    assert uncurated_twin_of([version({}, id="other"), twin], version({"df": 30})) is twin
+    assert uncurated_twin_of([twin], version({"df": 30}, id="another")) is None
+
+
+def test_a_profile_chooses_its_arms_but_never_drops_the_baseline(tmp_path):
+    from engine.profiles import load_profile as load
+
+    base = "[data]\nimage_size = 16\nphantom_size = 10\nsplit_seed = 0\n"
+    student = '[[train.students]]\narch = "efficientnet_b0"\nimage_size = 16\n'
+    (tmp_path / "two.toml").write_text(base + '[train]\narms = ["baseline", "curated"]\n' + student)
+    profile = load("two", tmp_path)
+    assert profile.arms == ("baseline", "curated")
+    steps = [s.key for s in train_chain(profile, version({"df": 3})).steps if s.kind == "distill"]
+    assert steps == ["baseline.efficientnet_b0", "curated.efficientnet_b0"]
+    real_only = [s.key for s in train_chain(profile, version({})).steps if s.kind == "distill"]
+    assert real_only == ["baseline.efficientnet_b0", "real_kd.efficientnet_b0"]  # its KD arm, named as such
+    for bad in ('["curated"]', '["baseline", "mixup"]'):
+        (tmp_path / "bad.toml").write_text(base + f"[train]\narms = {bad}\n")
+        with pytest.raises(ValueError, match="arms must name some of"):
+            load("bad", tmp_path)
+
+
+def test_a_real_fraction_reaches_every_training_job_of_the_run():
+    chain = train_chain(load_profile("smoke"), version({"df": 3}), seeds=2, real_fraction=0.25)
+    assert chain.name == "train-smoke-real0.25"
+    trained = [s for s in chain.steps if s.kind in ("pretrain_mae", "finetune", "distill")]
+    assert trained and all(s.params["real_fraction"] == 0.25 for s in trained)
+    full = train_chain(load_profile("smoke"), version({"df": 3}))
+    assert full.name == "train-smoke" and not [s for s in full.steps if "real_fraction" in s.params]

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from engine.pipelines import train_chain
+from engine.pipelines import arm_differences, predictions_over_http, train_chain
 from engine.profiles import load_profile
 from tests.processes import start_server
 
@@ -67,6 +67,21 @@ def test_arms_differ_only_in_their_flags_and_are_evaluated_on_real_test(trained)
     assert "reused from the cache" not in distill_log
     assert "reused from the cache" in client.job_logs(jobs["real_kd.vit_tiny_patch16_224"].id).text
     assert "(real)" in client.job_logs(jobs["baseline.efficientnet_b0"].id).text
+
+
+def test_each_arm_is_compared_with_real_only_over_resampled_test_lesions(trained):
+    _, client, version, jobs = trained
+    differences = arm_differences(jobs.values(), predictions_over_http(client), resamples=200)
+    students = ("efficientnet_b0", "vit_tiny_patch16_224")
+    assert [(d["job_ids"], d["baseline_job_ids"]) for d in differences] == [
+        ([jobs[f"real_kd.{s}.eval"].id], [jobs[f"baseline.{s}.eval"].id]) for s in students]
+    for d in differences:
+        for name in ("macro_f1", "balanced_accuracy"):
+            low, high = d[name]["ci95"]
+            assert low <= d[name]["diff"] <= high and d[name]["diff"] == pytest.approx(d[name]["a"] - d[name]["b"])
+        assert d["macro_f1"]["a"] == pytest.approx(jobs[f"real_kd.{d['arm'].split(':')[0]}.eval"].result["macro_f1"])
+    lesions = {i.lesion_id for i in client.dataset_manifest(version.id, split="test", source="real")}
+    assert differences[0]["macro_f1"]["groups"] == len(lesions)
 
 
 def test_the_export_matches_pytorch_and_is_registered_with_its_evaluation(trained):

@@ -65,6 +65,10 @@ class Recorder:
             "arm": arm, "arch": arch, "split": "test (real)",
             "cost": {"params": 1_000_000 + job_id, "flops": 2e8, "latency_ms": 3.5, "latency_ms_fast": 2.0}}
         self.artifact(job_id, attempt, "evaluation.json", "evaluation", json.dumps(report).encode())
+        predictions = {"ids": [f"img{i}" for i in range(TEST_IMAGES)],
+                       "lesion_ids": [f"lesion{i // 2}" for i in range(TEST_IMAGES)], "labels": labels.tolist(),
+                       "predicted": probs.argmax(1).tolist()}
+        self.artifact(job_id, attempt, "predictions.json", "predictions", json.dumps(predictions).encode())
         return report
 
 
@@ -181,7 +185,8 @@ def test_the_newest_train_run_compares_its_arms_side_by_side(server, app):
     evaluations = [s for s in server.runs["train-smoke-00000002"].values() if s["report"] is not None]
     table = at.dataframe[0].value
     assert table["arm"].tolist() == [s["result"]["arm"] for s in evaluations]
-    assert table["arm"].tolist()[:3] == ["teacher (MAE + fine-tune)", "efficientnet_b0: real only",
+    assert table["arm"].tolist()[:4] == ["teacher (MAE + fine-tune)", "efficientnet_b0: real only",
+                                         "efficientnet_b0: real only + MAE + KD",
                                          "efficientnet_b0: real + 12 human-curated synthetic + MAE + KD"]
     for column, key in (("macro-F1", "macro_f1"), ("macro-F1, 1 view", "macro_f1_1view"),
                         ("balanced accuracy", "balanced_accuracy"),
@@ -190,6 +195,17 @@ def test_the_newest_train_run_compares_its_arms_side_by_side(server, app):
         assert table[column].tolist() == pytest.approx([s["result"][key] for s in evaluations]), column
     assert table["params (M)"].tolist() == pytest.approx([s["result"]["params"] / 1e6 for s in evaluations])
 
+    differences = chart_titled(at, "Each arm minus real only, same student: difference and 95% interval")
+    paired = [s["result"]["arm"] for s in evaluations if "+" in s["result"]["arm"]]  # every arm but real only
+    curated = ["curated" in arm for arm in paired]
+    for trace in differences["data"]:  # macro-F1, then balanced accuracy: one point per arm
+        assert trace["y"] == paired
+        assert [x > 0.1 for x in trace["x"]] == curated  # the seeded curated arms are better, real + KD not
+        assert all(plus > 0 and minus > 0 for plus, minus in zip(trace["error_x"]["array"],
+                                                                trace["error_x"]["arrayminus"], strict=True))
+    intervals = at.dataframe[1].value
+    assert intervals["arm"].tolist() == paired
+    assert intervals["Δ macro-F1"].str.endswith(" *").tolist() == curated
     per_class = chart_titled(at, "Per-class F1 on the real test split")
     assert [bar["name"] for bar in per_class["data"]] == table["arm"].tolist()
     for bar, seeded in zip(per_class["data"], evaluations, strict=True):
