@@ -196,7 +196,8 @@ def test_the_newest_train_run_compares_its_arms_side_by_side(server, app):
     assert table["params (M)"].tolist() == pytest.approx([s["result"]["params"] / 1e6 for s in evaluations])
 
     differences = chart_titled(at, "Each arm minus real only, same student: difference and 95% interval")
-    paired = [s["result"]["arm"] for s in evaluations if "+" in s["result"]["arm"]]  # every arm but real only
+    arms = [s["result"]["arm"] for s in evaluations]
+    paired = [arm for arm in arms if not arm.startswith("teacher") and not arm.endswith(": real only")]
     curated = ["curated" in arm for arm in paired]
     for trace in differences["data"]:  # macro-F1, then balanced accuracy: one point per arm
         assert trace["y"] == paired
