@@ -34,8 +34,8 @@ demo: install  ## engine + studio on the default data (HAM10000, else DermaMNIST
 serve: install  ## the Gradio demo of the student the studio serves (MODEL=export folder: serve that one, no engine)
 	$(BIN)/python -m studio.demo $(if $(MODEL),--model $(MODEL))
 
-train: install  ## MAE + teacher + distilled students (and real-only baselines) on the newest dataset version
-	$(BIN)/dermae train --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(REAL_FRACTION),--real-fraction $(REAL_FRACTION))
+train: install  ## MAE + teacher + every arm on the newest version (DATASET=, SEEDS=, REAL_FRACTION=, EXTERNAL=)
+	$(BIN)/dermae train --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(REAL_FRACTION),--real-fraction $(REAL_FRACTION)) $(if $(EXTERNAL),--external $(EXTERNAL))
 
 test: install $(CHROMIUM)  ## lint, then the whole suite (slow end-to-end and browser tests included)
 	$(BIN)/ruff check .

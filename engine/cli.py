@@ -252,6 +252,42 @@ def import_(
     _print_import(result)
 
 
+@app.command()
+def imports(workspace: Workspace = None) -> None:
+    """The import batches: their ids (for `evaluate --source` and `train --external`), sources and split kinds."""
+    for b in _call(_client(workspace).imports):
+        typer.echo(f"{b.id}  {b.format:<9} {b.n_added:>6} images  {b.split_kind or 'unrecorded':<12} {b.source}"
+                   + ("  (PHANTOM)" if b.phantom else ""))
+
+
+@app.command()
+def evaluate(
+    model: Annotated[int, typer.Argument(help="A registered model's id (`Runs & models` in the studio).")],
+    source: Annotated[str, typer.Option(help="The import batch to evaluate on (`dermae imports`).")],
+    split: Annotated[str | None, typer.Option(help="Only this split of it: train, val or test (default: all).")] = None,
+    workspace: Workspace = None,
+) -> None:
+    """Evaluate a registered model on any imported real source, its images framed exactly as the model's
+    training images were; prints the figures beside its own test-split evaluation, with the drop."""
+    settings = _settings(workspace)
+    client = _client(workspace)
+    found = next((m for m in _call(client.models) if m.id == model), None)
+    if found is None:
+        _fail(f"no registered model {model}: the studio's Runs & models page lists them")
+    job = _call(client.submit_job, "evaluate", {
+        "model": str(settings.workspace / found.classifier_path), "dataset": found.dataset, "source": source,
+        "source_split": split, "arm": f"{found.name} on {source}"})
+    code = _follow(client, job.id)
+    result = _call(client.job, job.id).result or {}
+    if code == 0:
+        own = (found.evaluation or {}).get("macro_f1")
+        typer.echo(f"{found.name} on {source}: macro-F1 {result['macro_f1']:.3f}, balanced acc "
+                   f"{result['balanced_accuracy']:.3f}, acc {result['accuracy']:.3f} ({result['n']} images)"
+                   + (f"; on its test split {own:.3f}: drop {own - result['macro_f1']:+.3f}" if own is not None
+                      else ""))
+    raise typer.Exit(code)
+
+
 def _print_import(result) -> None:
     typer.echo(f"{result.n_added} of {result.n_records} images added (batch {result.batch_id})"
                + (f", split {result.split_kind.value}" if result.split_kind else ""))
@@ -358,6 +394,9 @@ def train(
     real_fraction: Annotated[float, typer.Option(min=0.01, max=1.0, help="Every job of the run trains on this share "
                                                  "of the real train lesions per class, the same ones: what synthetic "
                                                  "images are worth to a clinic with little data.")] = 1.0,
+    external: Annotated[str | None, typer.Option(help="An import batch (`dermae imports`) of other clinics' "
+                                                      "images: every arm is evaluated on it as well, shown beside "
+                                                      "the test split with the drop.")] = None,
     workspace: Workspace = None,
 ) -> None:
     """MAE pre-training, teacher fine-tune, students distilled on curated data and their real-only baselines,
@@ -398,7 +437,7 @@ def train(
                 uncurated = _call(freeze_uncurated_twin, client, version)
                 typer.echo(f"uncurated arm: froze {uncurated.id} ({synthetic_in(uncurated)} synthetic images drawn "
                            "before any review, as many per class as the curated set)")
-        run = _call(client.submit_pipeline, train_chain(chosen, version, seeds, uncurated, real_fraction))
+        run = _call(client.submit_pipeline, train_chain(chosen, version, seeds, uncurated, real_fraction, external))
         typer.echo(f"pipeline {run.id} on dataset {dataset}")
         codes = [_follow(client, job.id) for job in run.jobs]
         _print_comparison(client, run.id)
@@ -447,6 +486,14 @@ def _print_comparison(client, pipeline_id: str) -> None:
         for d in differences:
             f1, bal = d["macro_f1"], d["balanced_accuracy"]
             typer.echo(f"{d['arm'][:51]:<52} macro-F1 {_difference(f1)}   balanced acc {_difference(bal)}")
+    outside = [r for r in rows if r.get("external")]
+    if outside:
+        typer.secho(f"\nexternal: import batch {outside[0]['external']} (other clinics' images), beside the test split",
+                    bold=True)
+        typer.echo(f"{'arm':<52}{'test F1':>9}{'ext. F1':>9}{'drop':>8}{'ext. bal.acc':>14}")
+        for r in outside:
+            typer.echo(f"{r['arm'][:51]:<52}{cell(r['macro_f1'], '.3f', 9)}{cell(r['external_macro_f1'], '.3f', 9)}"
+                       f"{cell(r['external_drop'], '+.3f', 8)}{cell(r['external_balanced_accuracy'], '.3f', 14)}")
 
 
 def _mean_sd(mean: float | None, sd: float | None) -> str:

@@ -280,9 +280,9 @@ class Client:
         self._request("POST", f"/jobs/{job_id}/scores", json=body)
 
     def manifest(self, *, source: str = "real", split: str | None = None, status: str | None = None,
-                 generation_job: int | None = None) -> list[ManifestItem]:
-        params = {k: v for k, v in dict(source=source, split=split, status=status,
-                                        generation_job=generation_job).items() if v is not None}
+                 generation_job: int | None = None, batch: str | None = None) -> list[ManifestItem]:
+        params = {k: v for k, v in dict(source=source, split=split, status=status, generation_job=generation_job,
+                                        batch=batch).items() if v is not None}
         return [ManifestItem.model_validate(m) for m in self._request("GET", "/images/manifest", params=params).json()]
 
     def add_artifact(self, job_id: int, attempt: int, path: str, kind: str) -> Artifact:

@@ -86,7 +86,8 @@ def freeze_uncurated_twin(client: Any, version: DatasetVersion) -> DatasetVersio
 
 
 def train_chain(profile: Profile, version: DatasetVersion, seeds: int = 1,
-                uncurated: DatasetVersion | None = None, real_fraction: float = 1.0) -> PipelineSubmit:
+                uncurated: DatasetVersion | None = None, real_fraction: float = 1.0,
+                external: str | None = None) -> PipelineSubmit:
     """MAE pre-training -> teacher fine-tune -> for every student, the run's arms (`run_arms`: real only, real +
     KD, curated, uncurated), same budget each. Each model is evaluated on the real test split; the first student
     of the distilled arm (curated, else real_kd) is exported for serving.
@@ -94,7 +95,8 @@ def train_chain(profile: Profile, version: DatasetVersion, seeds: int = 1,
     With `seeds` > 1 the teacher and every arm are trained once per seed (keys `seed<k>.`), each seed's arms
     distilled from that seed's teacher; the MAE encoder they start from is pre-trained once. With `real_fraction`
     < 1 every job — MAE, teacher and arms — sees only that share of the real train lesions, the same ones
-    (`real_subsample`): what synthetic images are worth to a clinic with little data."""
+    (`real_subsample`): what synthetic images are worth to a clinic with little data. With `external` (an import
+    batch id), the teacher and every arm are evaluated on that batch's images as well (`<key>.external`)."""
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, not {seeds}")
     dataset = version.id
@@ -109,8 +111,7 @@ def train_chain(profile: Profile, version: DatasetVersion, seeds: int = 1,
             PipelineStep(key=f"{prefix}teacher", kind="finetune", params=_seeded(profile, "finetune", seed,
                                                                                  dataset=dataset, **scarce),
                          after_keys=["mae"]),
-            PipelineStep(key=f"{prefix}teacher.eval", kind="evaluate", params={"arm": "teacher (MAE + fine-tune)"},
-                         after_keys=[f"{prefix}teacher"]),
+            *evaluations(f"{prefix}teacher", "teacher (MAE + fine-tune)", external),
         ]
         for i, student in enumerate(profile.students):
             name = student["arch"]
@@ -120,14 +121,23 @@ def train_chain(profile: Profile, version: DatasetVersion, seeds: int = 1,
                                           params=_seeded(profile, "distill", seed, dataset=data.id, **student,
                                                          **flags, **scarce),
                                           after_keys=[f"{prefix}teacher"] if flags["use_teacher"] else []))
-                steps.append(PipelineStep(key=f"{key}.eval", kind="evaluate", after_keys=[key],
-                                          params={"arm": f"{name}: {label}"}))
+                steps += evaluations(key, f"{name}: {label}", external)
             if i == 0 and seed == 0:
                 served = f"{prefix}{served_arm}.{name}"
                 steps.append(PipelineStep(key=f"{served}.export", kind="export", after_keys=[served, f"{served}.eval"],
                                           params={"model": None, "name": f"{name}-{profile.name}"}))
     name = f"train-{profile.name}" + (f"-real{real_fraction:g}" if scarce else "")
     return PipelineSubmit(name=name, steps=steps)
+
+
+def evaluations(key: str, arm: str, external: str | None) -> list[PipelineStep]:
+    """The evaluate steps of a trained model: the version's real test split (`<key>.eval`), and with `external`
+    that import batch's images too (`<key>.external`)."""
+    steps = [PipelineStep(key=f"{key}.eval", kind="evaluate", params={"arm": arm}, after_keys=[key])]
+    if external:
+        steps.append(PipelineStep(key=f"{key}.external", kind="evaluate", params={"arm": arm, "source": external},
+                                  after_keys=[key]))
+    return steps
 
 
 def _seeded(profile: Profile, kind: str, seed: int, **overrides: Any) -> dict[str, Any]:
@@ -140,14 +150,25 @@ def arm_comparison(jobs: Iterable[JobInfo]) -> list[dict[str, Any]]:
     """The arms of a train run side by side: one row per evaluate job that has a result, in the order the chain
     submitted them (teacher, then per student the real-only baseline before the curated arm). `dermae train`
     prints these rows and the studio shows them, so the two never disagree."""
+    evaluated = [j for j in sorted(jobs, key=lambda j: j.id) if j.kind == "evaluate" and isinstance(j.result, dict)]
+    outside = {j.pipeline_key.removesuffix(".external"): j.result for j in evaluated
+               if j.result.get("external") and j.pipeline_key}
     rows = []
-    for job in sorted(jobs, key=lambda j: j.id):
-        if job.kind != "evaluate" or not isinstance(job.result, dict):
-            continue
+    for job in evaluated:
         result = job.result
-        rows.append({"arm": result.get("arm") or result.get("arch") or f"job {job.id}", "job_id": job.id,
-                     "arch": result.get("arch"), "split_kind": result.get("split_kind") or "unrecorded",
-                     **{name: result.get(name) for name in ARM_FIGURES}})
+        if result.get("external"):
+            continue
+        row = {"arm": result.get("arm") or result.get("arch") or f"job {job.id}", "job_id": job.id,
+               "arch": result.get("arch"), "split_kind": result.get("split_kind") or "unrecorded",
+               **{name: result.get(name) for name in ARM_FIGURES}}
+        external = outside.get((job.pipeline_key or "").removesuffix(".eval"))
+        if external is not None:
+            row |= {"external": external["external"], "external_macro_f1": external.get("macro_f1"),
+                    "external_balanced_accuracy": external.get("balanced_accuracy"),
+                    "external_drop": (result["macro_f1"] - external["macro_f1"]
+                                      if result.get("macro_f1") is not None and external.get("macro_f1") is not None
+                                      else None)}
+        rows.append(row)
     return rows
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.data.images import square_resize
+from engine.data.images import frame_for_model
 from engine.data.labels import CLASSES
 from engine.files import atomic_write_bytes
 
@@ -34,15 +34,18 @@ def cached_array(path: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
     return out
 
 
-def load_array(workspace: Path, items: Sequence[dict], size: int) -> np.ndarray:
-    """uint8 (N, size, size, 3) for manifest items (dicts with id and path), cached under workspace/cache."""
-    key = hashlib.sha256(("\n".join(it["id"] for it in items) + f"\n{size}").encode()).hexdigest()[:24]
+def load_array(workspace: Path, items: Sequence[dict], size: int, framing: dict | None = None) -> np.ndarray:
+    """uint8 (N, size, size, 3) for manifest items (dicts with id and path), cached under workspace/cache. Each
+    stored image framed as a model trained with `framing` saw its images (`frame_for_model`; None: the centre
+    square, as every training array is made)."""
+    framed = f"\n{framing['crop']}/{framing.get('via')}" if framing else ""
+    key = hashlib.sha256(("\n".join(it["id"] for it in items) + f"\n{size}{framed}").encode()).hexdigest()[:24]
 
     def decode() -> np.ndarray:
         out = np.empty((len(items), size, size, 3), dtype=np.uint8)
         for i, item in enumerate(items):
             with Image.open(workspace / "images" / item["path"]) as img:
-                out[i] = np.asarray(square_resize(img, size))
+                out[i] = np.asarray(frame_for_model(img, size, framing))
         return out
 
     return cached_array(workspace / "cache" / "arrays" / f"{key}.npy", decode)

@@ -6,6 +6,8 @@ figures."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from engine.jobs.context import JobContext
@@ -21,6 +23,11 @@ class Params(BaseModel, extra="forbid"):
     latency_runs: int = Field(30, ge=1, le=1000)
     tta: bool = Field(True, description="Average the 8 flips/rotations of each image, as the exported model "
                                         "does; the single-view figures are reported as well.")
+    source: str | None = Field(None, max_length=100, description="An import batch (imp-…; GET /imports): evaluate "
+                                                                  "on the real images it added — another clinic's "
+                                                                  "— instead of the version's test split.")
+    source_split: Literal["train", "val", "test"] | None = Field(None, description="With source: only that split "
+                                                                                    "of it (default: all of it).")
 
 
 def report_html(report: dict, title: str) -> str:
@@ -44,6 +51,27 @@ def report_html(report: dict, title: str) -> str:
     return fig.to_html(include_plotlyjs=True, full_html=True)
 
 
+def external_items(params: Params, ctx: JobContext, trained_on: str) -> tuple[list[dict], list[dict], str]:
+    """(manifest items, real-data lineage, a description) of the import batch `params.source` names. Refuses a
+    batch whose images the model trained or was selected on: that would be no outside test."""
+    batch = next((b for b in ctx.api.imports() if b.id == params.source), None)
+    if batch is None:
+        raise ValueError(f"unknown import batch {params.source!r}: `dermae imports` (GET /imports) lists them")
+    items = [i.model_dump() for i in ctx.api.manifest(source="real", batch=batch.id, split=params.source_split)]
+    if not items:
+        raise ValueError(f"import batch {batch.id} added no real images" + (
+            f" to its {params.source_split} split" if params.source_split else ""))
+    seen = {i.id for i in ctx.api.dataset_manifest(trained_on, source="real") if i.split in ("train", "val")}
+    leaked = sum(i["id"] in seen for i in items)
+    if leaked:
+        raise ValueError(f"{leaked} of the {len(items)} images of {batch.id} are in the train or val split of "
+                         f"{trained_on}, which the model was trained and selected on: evaluate on "
+                         "source_split=test, or import the outside images into a workspace of their own")
+    where = f", {params.source_split} split" if params.source_split else ""
+    lineage = [{"format": batch.format, "source": batch.source, "split_kind": batch.split_kind, "images": len(items)}]
+    return items, lineage, f"{batch.format} {batch.source} ({batch.id}{where}, {len(items)} images)"
+
+
 def run(params: Params, ctx: JobContext) -> dict:
     import json
 
@@ -60,12 +88,19 @@ def run(params: Params, ctx: JobContext) -> dict:
     folder = artifact_path(ctx, "classifier", params.model, "distill")
     model, meta = load_classifier(folder)
     version = params.dataset or meta["dataset"]
-    real_data = ctx.api.dataset(version).lineage.get("real_data", [])
-    split = split_summary(real_data)
-    items = [i.model_dump() for i in ctx.api.dataset_manifest(version, split="test", source="real")]
-    x = to_model_input(load_array(ctx.workspace, items, meta["image_size"]))
+    if params.source:
+        items, real_data, described = external_items(params, ctx, meta["dataset"])
+        split = split_summary(real_data)
+        split_text = f"external: {described}"
+    else:
+        real_data = ctx.api.dataset(version).lineage.get("real_data", [])
+        split = split_summary(real_data)
+        items = [i.model_dump() for i in ctx.api.dataset_manifest(version, split="test", source="real")]
+        split_text = f"test (real, {split} split)"
+    # framed as the model's training images were (centre square, or whole frame for a DermaMNIST model)
+    x = to_model_input(load_array(ctx.workspace, items, meta["image_size"], meta.get("framing")))
     y = labels_of(items)
-    ctx.progress(0, 2, f"predicting {len(y)} real test images" + (" (8 views each)" if params.tta else ""))
+    ctx.progress(0, 2, f"predicting {len(y)} real images ({split_text})" + (" (8 views each)" if params.tta else ""))
     single_probs = probabilities(model, x)
     single = classification_report(single_probs, np.asarray(y), CLASSES)
     if params.tta:
@@ -81,7 +116,7 @@ def run(params: Params, ctx: JobContext) -> dict:
                       "latency_ms": latency_ms(model, meta["image_size"], params.latency_runs),
                       "latency_ms_fast": latency_ms(model, meta["image_size"], params.latency_runs, fast=True)}
     report |= {"model": str(folder), "arch": meta["arch"], "image_size": meta["image_size"], "dataset": version,
-               "arm": params.arm, "split": f"test (real, {split} split)", "split_kind": split,
+               "arm": params.arm, "split": split_text, "split_kind": split, "external": params.source,
                "real_data": real_data, "framing": meta.get("framing"), "trained": {k: meta.get(k) for k in
                                                                     ("use_synthetic", "distilled", "role")}}
     for name in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "ece"):
@@ -111,5 +146,6 @@ def run(params: Params, ctx: JobContext) -> dict:
     ctx.progress(2, 2, "done")
     return {k: report[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "ece")} | {
         "single_view": report["single_view"], "tta": params.tta, "macro_f1_1view": single["macro_f1"],
-        "arm": params.arm, "arch": meta["arch"], "split_kind": split, "params": report["cost"]["params"],
+        "arm": params.arm, "arch": meta["arch"], "split_kind": split, "external": params.source,
+        "n": report["n"], "params": report["cost"]["params"],
         "gflops": report["cost"]["flops"] / 1e9, "latency_ms": report["cost"]["latency_ms"]}

@@ -56,11 +56,14 @@ class ImageQueries:
             cur.unregister("new_rows")
 
     def manifest(self, *, source: str, split: str | None = None, status: str | None = None,
-                 generation_job: int | None = None, accepts_needed: int = 1) -> list[dict[str, Any]]:
+                 generation_job: int | None = None, batch: str | None = None,
+                 accepts_needed: int = 1) -> list[dict[str, Any]]:
         """(id, label, split, path, lesion_id, source) of every matching image, in a stable order: what a job
-        needs to build its training arrays. `status` (synthetic only): pending, accepted or rejected."""
+        needs to build its training arrays. `status` (synthetic only): pending, accepted or rejected; `batch`:
+        the images an import added."""
         where, params = where_given(("i.source = $source", "source", source), ("i.split = $split", "split", split),
                                     ("i.generation_job = $job", "job", generation_job),
+                                    ("i.import_batch = $batch", "batch", batch),
                                     ("r.status = $status", "status", status))
         join = ""
         if status is not None:

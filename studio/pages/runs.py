@@ -111,6 +111,20 @@ def show_comparison(client: Client, jobs: list[JobInfo]) -> None:
     st.caption("Macro-F1 and balanced accuracy weigh every class alike: they show whether the rare classes are "
                "learned. The figures average each image's 8 flips/rotations, as the served model does; "
                "\"1 view\" is the model on the image alone. Latency: batch 1 on this engine's CPU.")
+    outside = [r for r in rows if r.get("external")]
+    if outside:
+        figure = go.Figure([go.Bar(name=name, x=[r["arm"] for r in outside], y=[r[key] for r in outside])
+                            for name, key in (("test split", "macro_f1"),
+                                              (f"external ({outside[0]['external']})", "external_macro_f1"))])
+        figure.update_layout(barmode="group", title="Macro-F1: in distribution vs other clinics' images",
+                             yaxis_range=[0, 1], height=380, margin={"t": 50, "b": 10},
+                             legend={"orientation": "h", "y": -0.3})
+        st.plotly_chart(figure, width="stretch", key="runs_external")
+        st.dataframe([{"arm": r["arm"], "test macro-F1": r["macro_f1"], "external macro-F1": r["external_macro_f1"],
+                       "drop": r["external_drop"], "external balanced accuracy": r["external_balanced_accuracy"]}
+                      for r in outside], hide_index=True, width="stretch",
+                     column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
+                                    ("test macro-F1", "external macro-F1", "drop", "external balanced accuracy")})
     summary = arm_summary(rows)
     if max(r["seeds"] for r in summary) > 1:
         figure = go.Figure([go.Bar(name=label, x=[r["arm"] for r in summary], y=[r[name] for r in summary],

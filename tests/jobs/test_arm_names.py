@@ -183,3 +183,24 @@ def test_a_real_fraction_reaches_every_training_job_of_the_run():
     assert trained and all(s.params["real_fraction"] == 0.25 for s in trained)
     full = train_chain(load_profile("smoke"), version({"df": 3}))
     assert full.name == "train-smoke" and not [s for s in full.steps if "real_fraction" in s.params]
+
+
+def test_with_an_external_batch_every_model_is_evaluated_twice_and_compared_with_its_drop():
+    from types import SimpleNamespace
+
+    from engine.pipelines import arm_comparison
+
+    steps = {s.key: s for s in train_chain(load_profile("smoke"), version({"df": 3}), external="imp-1").steps}
+    for key in ("teacher", "baseline.efficientnet_b0", "curated.vit_tiny_patch16_224"):
+        assert steps[f"{key}.external"].params == {"arm": steps[f"{key}.eval"].params["arm"], "source": "imp-1"}
+        assert steps[f"{key}.external"].after_keys == [key]
+    assert "teacher.external" not in {s.key for s in train_chain(load_profile("smoke"), version({})).steps}
+
+    def job(job_id, key, f1, external=None):
+        return SimpleNamespace(id=job_id, kind="evaluate", pipeline_key=key,
+                               result={"arm": "effnet: real only", "arch": "effnet", "macro_f1": f1,
+                                       "balanced_accuracy": f1, "external": external})
+
+    [row] = arm_comparison([job(1, "baseline.effnet.eval", 0.6), job(2, "baseline.effnet.external", 0.52, "imp-1")])
+    assert row["job_id"] == 1 and row["external"] == "imp-1" and row["external_macro_f1"] == 0.52
+    assert row["external_drop"] == pytest.approx(0.08)

@@ -2,14 +2,16 @@
 (the real-only baseline and the distilled arm) -> evaluation on the real test split -> export registered for serving."""
 
 import json
+import os
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 
-from engine.pipelines import arm_differences, predictions_over_http, train_chain
+from engine.pipelines import arm_comparison, arm_differences, predictions_over_http, train_chain
 from engine.profiles import load_profile
+from tests import factories
 from tests.processes import start_server
 
 pytestmark = pytest.mark.slow
@@ -21,7 +23,10 @@ def trained(tmp_path_factory):
     client = server.client()
     client.import_data("phantom", phantom_size=140)
     version = client.freeze_dataset("phantom-real", "smoke test")
-    run = client.submit_pipeline(train_chain(load_profile("smoke"), version))
+    # Other clinics' images, imported after the version was frozen: evaluated on, never trained on.
+    outside = client.import_data("ham10000", str(factories.ham_tree(tmp_path_factory.mktemp("outside"), 4)))
+    server.external = outside.batch_id
+    run = client.submit_pipeline(train_chain(load_profile("smoke"), version, external=outside.batch_id))
     jobs = {j.pipeline_key: client.wait_for_job(j.id, timeout=900) for j in run.jobs}
     yield server, client, version, jobs
     server.stop()
@@ -98,3 +103,48 @@ def test_the_export_matches_pytorch_and_is_registered_with_its_evaluation(traine
     assert client.serve_model(model.id).served and client.served_model().id == model.id
     served_meta = json.loads((ws / model.classifier_path / "classifier.json").read_text())
     assert served_meta["framing"] == {"crop": "centre-square", "via": None}  # phantom frames: as HAM10000's
+
+
+def test_every_model_is_also_evaluated_on_the_external_batch_beside_its_test_split(trained):
+    server, client, version, jobs = trained
+    outside = {i.id for i in client.manifest(source="real", batch=server.external)}
+    assert len(outside) == 28  # 4 per class
+    assert not outside & {i.id for i in client.dataset_manifest(version.id, source="real")}  # never trained on
+    rows = {r["arm"]: r for r in arm_comparison(jobs.values())}
+    assert set(rows) == {jobs[k].result["arm"] for k in jobs if k.endswith(".eval")}  # one row per model
+    for key, job in jobs.items():
+        if key.endswith(".external"):
+            assert job.result["external"] == server.external and job.result["n"] == 28
+            row = rows[job.result["arm"]]
+            assert row["external_macro_f1"] == job.result["macro_f1"]
+            assert row["external_drop"] == pytest.approx(row["macro_f1"] - job.result["macro_f1"])
+    report = next(a for a in client.job_artifacts(jobs["baseline.efficientnet_b0.external"].id)
+                  if a.kind == "evaluation")
+    split = json.loads((server.settings.workspace / report.path).read_text())["split"]
+    assert split.startswith("external: ham10000 ") and f"({server.external}, 28 images)" in split
+
+
+def test_an_external_evaluation_refuses_images_the_model_trained_on_and_the_cli_prints_the_drop(trained):
+    import subprocess
+    import sys
+
+    server, client, version, jobs = trained
+    [phantom] = [b for b in client.imports() if b.format == "phantom"]
+    classifier = next(a for a in client.job_artifacts(jobs["baseline.efficientnet_b0"].id) if a.kind == "classifier")
+    leaked = client.wait_for_job(client.submit_job("evaluate", {
+        "model": str(server.settings.workspace / classifier.path), "source": phantom.id}).id, timeout=300)
+    assert leaked.state == "failed" and "in the train or val split of" in leaked.error
+    test_only = client.wait_for_job(client.submit_job("evaluate", {
+        "model": str(server.settings.workspace / classifier.path), "source": phantom.id,
+        "source_split": "test"}).id, timeout=300)
+    assert test_only.state == "succeeded" and test_only.result["n"] == sum(version.counts["real"]["test"].values())
+
+    (model,) = client.models()
+    env = {**os.environ, "DERMAE_WORKSPACE": str(server.settings.workspace)}
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "evaluate", str(model.id), "--source", server.external],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{model.name} on {server.external}: macro-F1 " in done.stdout and "drop" in done.stdout
+    listed = subprocess.run([sys.executable, "-m", "engine.cli", "imports"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert server.external in listed.stdout and "lesion-aware" in listed.stdout
