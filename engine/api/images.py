@@ -42,7 +42,8 @@ def manifest(
     split: Annotated[str | None, Query(pattern=r"^(train|val|test)$")] = None,
     status: Annotated[str | None, Query(pattern=r"^(pending|accepted|rejected)$")] = None,
     generation_job: Annotated[int | None, Query(ge=1, le=MAX_BIGINT)] = None,
-    batch: Annotated[str | None, Query(max_length=100, description="Only the images this import added.")] = None,
+    batch: Annotated[str | None, Query(pattern=IMPORT_BATCH_ID, description="Only the images this import "
+                                                                             "added.")] = None,
 ) -> list[ManifestItem]:
     """Every matching image with its file path, in a stable order: what a training job reads."""
     store = request.app.state.store

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from engine.jobs.context import JobContext
+from engine.schemas import IMPORT_BATCH_ID
 
 KIND = "evaluate"
 PREDICTIONS_FILE = "predictions.json"
@@ -23,9 +24,9 @@ class Params(BaseModel, extra="forbid"):
     latency_runs: int = Field(30, ge=1, le=1000)
     tta: bool = Field(True, description="Average the 8 flips/rotations of each image, as the exported model "
                                         "does; the single-view figures are reported as well.")
-    source: str | None = Field(None, max_length=100, description="An import batch (imp-…; GET /imports): evaluate "
-                                                                  "on the real images it added — another clinic's "
-                                                                  "— instead of the version's test split.")
+    source: str | None = Field(None, pattern=IMPORT_BATCH_ID,
+                               description="An import batch (GET /imports): evaluate on the real images it added — "
+                                           "another clinic's — instead of the version's test split.")
     source_split: Literal["train", "val", "test"] | None = Field(None, description="With source: only that split "
                                                                                     "of it (default: all of it).")
 
