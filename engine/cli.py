@@ -403,7 +403,13 @@ def train(
     each evaluated on the real test split; follows the run and prints the comparison table."""
     from engine.client import Client, ServerNotFound
     from engine.launcher import Launcher
-    from engine.pipelines import freeze_uncurated_twin, synthetic_in, train_chain, uncurated_twin_of
+    from engine.pipelines import (
+        freeze_uncurated_twin,
+        is_uncurated_twin,
+        synthetic_in,
+        train_chain,
+        uncurated_twin_of,
+    )
     from engine.profiles import load_profile
 
     try:
@@ -421,7 +427,7 @@ def train(
             launcher.start_server(settings, DEFAULT_HOST, 0)
             client = Client.from_settings(settings, timeout=60)
         if dataset is None:
-            versions = _call(client.datasets)
+            versions = [v for v in _call(client.datasets) if not is_uncurated_twin(v)]  # a twin is no run's data
             if versions:
                 version = versions[0]
             else:

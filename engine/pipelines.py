@@ -46,8 +46,8 @@ def synthetic_in(version: DatasetVersion) -> int:
 
 def curated_label(version: DatasetVersion) -> str:
     """What the version's synthetic images are, in words: how many, and who chose them."""
-    curated = "auto-curated (from scores)" if version.policy.get("selection") == "scores" else "human-curated"
-    return f"{synthetic_in(version)} {curated} synthetic"
+    chosen_by = {"scores": "auto-curated (from scores)", "all": "uncurated"}
+    return f"{synthetic_in(version)} {chosen_by.get(version.policy.get('selection'), 'human-curated')} synthetic"
 
 
 def run_arms(profile: Profile, version: DatasetVersion, uncurated: DatasetVersion | None = None
@@ -68,9 +68,17 @@ def run_arms(profile: Profile, version: DatasetVersion, uncurated: DatasetVersio
     return arms
 
 
+TWIN_NOTE = "uncurated twin of "
+
+
+def is_uncurated_twin(version: DatasetVersion) -> bool:
+    """Whether the version was frozen as another's uncurated twin (`freeze_uncurated_twin`)."""
+    return (version.note or "").startswith(TWIN_NOTE)
+
+
 def uncurated_twin_of(versions: Iterable[DatasetVersion], version: DatasetVersion) -> DatasetVersion | None:
     """The newest uncurated twin already frozen for `version` (see `freeze_uncurated_twin`), if any."""
-    return next((v for v in versions if (v.note or "").startswith(f"uncurated twin of {version.id}:")), None)
+    return next((v for v in versions if (v.note or "").startswith(f"{TWIN_NOTE}{version.id}:")), None)
 
 
 def freeze_uncurated_twin(client: Any, version: DatasetVersion) -> DatasetVersion | None:
@@ -80,7 +88,7 @@ def freeze_uncurated_twin(client: Any, version: DatasetVersion) -> DatasetVersio
     targets = {c: n for c, n in version.counts.get("synthetic", {}).get("train", {}).items() if n}
     if not targets:
         return None
-    return client.freeze_dataset(f"{version.name}-uncurated"[:64], f"uncurated twin of {version.id}: as many "
+    return client.freeze_dataset(f"{version.name}-uncurated"[:64], f"{TWIN_NOTE}{version.id}: as many "
                                  "synthetic images per class, drawn before any review", selection="all",
                                  targets=targets)
 

@@ -144,7 +144,7 @@ def test_the_uncurated_arm_trains_on_its_twin_with_the_same_teacher():
 def test_the_uncurated_twin_takes_as_many_images_per_class_before_any_review():
     from types import SimpleNamespace
 
-    from engine.pipelines import freeze_uncurated_twin, uncurated_twin_of
+    from engine.pipelines import freeze_uncurated_twin, is_uncurated_twin, uncurated_twin_of
 
     frozen = []
     client = SimpleNamespace(freeze_dataset=lambda *args, **kwargs: frozen.append((args, kwargs)) or "twin")
@@ -156,6 +156,10 @@ def test_the_uncurated_twin_takes_as_many_images_per_class_before_any_review():
     twin = version({"df": 30}, "all", id="twin", note=note)
     assert uncurated_twin_of([version({}, id="other"), twin], version({"df": 30})) is twin
     assert uncurated_twin_of([twin], version({"df": 30}, id="another")) is None
+    assert is_uncurated_twin(twin) and not is_uncurated_twin(version({"df": 30}))
+    # trained on by itself (dermae train --dataset TWIN), it says what it is
+    assert arm_labels(twin)["curated.efficientnet_b0.eval"] == \
+        "efficientnet_b0: real + 30 uncurated synthetic + MAE + KD"
 
 
 def test_a_profile_chooses_its_arms_but_never_drops_the_baseline(tmp_path):
