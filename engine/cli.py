@@ -458,7 +458,8 @@ def train(
 def _print_comparison(client, pipeline_id: str) -> None:
     from engine.pipelines import arm_comparison, arm_differences, arm_summary, predictions_over_http
 
-    rows = arm_comparison(_call(client.pipeline, pipeline_id).jobs)
+    jobs = _call(client.pipeline, pipeline_id).jobs
+    rows = arm_comparison(jobs)
     if not rows:
         return
 
@@ -482,7 +483,7 @@ def _print_comparison(client, pipeline_id: str) -> None:
                    f"{cell(r['accuracy'], '.3f', 7)}{cell(r['auc_ovr'], '.3f', 7)}{cell(r['ece'], '.3f', 7)}"
                    f"{params:>9}{cell(r['gflops'], '.3f', 8)}{cell(r['latency_ms'], '.1f', 7)}")
     try:
-        differences = arm_differences(_call(client.pipeline, pipeline_id).jobs, predictions_over_http(client))
+        differences = arm_differences(jobs, predictions_over_http(client))
     except LookupError as e:
         typer.echo(f"\nno paired comparison: {e}")
         return

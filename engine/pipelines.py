@@ -39,9 +39,14 @@ def generator_chain(profile: Profile, preview: bool = False) -> PipelineSubmit:
     return PipelineSubmit(name=f"generator-{profile.name}", steps=steps)
 
 
+def synthetic_counts(version: DatasetVersion) -> dict[str, int]:
+    """The synthetic train images a dataset version holds, per class."""
+    return version.counts.get("synthetic", {}).get("train", {})
+
+
 def synthetic_in(version: DatasetVersion) -> int:
     """How many synthetic train images a dataset version holds."""
-    return sum(version.counts.get("synthetic", {}).get("train", {}).values())
+    return sum(synthetic_counts(version).values())
 
 
 def curated_label(version: DatasetVersion) -> str:
@@ -85,7 +90,7 @@ def freeze_uncurated_twin(client: Any, version: DatasetVersion) -> DatasetVersio
     """The uncurated arm's data: a version with the same real images and, per class, as many synthetic images as
     `version` holds, taken from everything generated in the order it was made, before any review or score.
     None when `version` has no synthetic image."""
-    targets = {c: n for c, n in version.counts.get("synthetic", {}).get("train", {}).items() if n}
+    targets = {c: n for c, n in synthetic_counts(version).items() if n}
     if not targets:
         return None
     return client.freeze_dataset(f"{version.name}-uncurated"[:64], f"{TWIN_NOTE}{version.id}: as many "

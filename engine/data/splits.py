@@ -85,6 +85,11 @@ def lesion_aware_split(
     return out
 
 
+def lesion_of(item: dict) -> str:
+    """The lesion a manifest row's image shows: its lesion id, or the image itself where none is known."""
+    return item["lesion_id"] or item["id"]
+
+
 def real_subsample(items: Sequence[dict], fraction: float) -> list[dict]:
     """A scarce-data clinic's real train set: per class, `fraction` of its lesions (at least one) with all their
     images, the rest of `items` (synthetic ones) kept. Which lesions is fixed by their ids alone (a hash, not a
@@ -97,9 +102,9 @@ def real_subsample(items: Sequence[dict], fraction: float) -> list[dict]:
     lesions: dict[str, set[str]] = defaultdict(set)
     for item in items:
         if item["source"] == "real":
-            lesions[item["label"]].add(item["lesion_id"] or item["id"])
+            lesions[item["label"]].add(lesion_of(item))
     kept: set[str] = set()
     for label, ids in lesions.items():
         ranked = sorted(ids, key=lambda lesion: hashlib.sha256(f"{label}/{lesion}".encode()).hexdigest())
         kept.update(ranked[:max(1, math.ceil(fraction * len(ranked)))])
-    return [i for i in items if i["source"] != "real" or (i["lesion_id"] or i["id"]) in kept]
+    return [i for i in items if i["source"] != "real" or lesion_of(i) in kept]

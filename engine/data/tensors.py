@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.data.images import frame_for_model
+from engine.data.images import Framing, frame_for_model
 from engine.data.labels import CLASSES
 from engine.files import atomic_write_bytes
 
@@ -38,7 +38,9 @@ def load_array(workspace: Path, items: Sequence[dict], size: int, framing: dict 
     """uint8 (N, size, size, 3) for manifest items (dicts with id and path), cached under workspace/cache. Each
     stored image framed as a model trained with `framing` saw its images (`frame_for_model`; None: the centre
     square, as every training array is made)."""
-    framed = f"\n{framing['crop']}/{framing.get('via')}" if framing else ""
+    # Centre squares are what every training array holds: one cache entry for them, framing recorded or not.
+    framed = f"\n{framing['crop']}/{framing.get('via')}" if framing and framing.get("crop") == Framing.whole_frame \
+        else ""
     key = hashlib.sha256(("\n".join(it["id"] for it in items) + f"\n{size}{framed}").encode()).hexdigest()[:24]
 
     def decode() -> np.ndarray:

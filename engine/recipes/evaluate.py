@@ -79,7 +79,7 @@ def run(params: Params, ctx: JobContext) -> dict:
     import numpy as np
 
     from engine.data.labels import CLASSES
-    from engine.data.splits import split_summary
+    from engine.data.splits import lesion_of, split_summary
     from engine.data.tensors import labels_of, load_array, to_model_input
     from engine.metrics import classification_report
     from engine.models.classifier import DihedralTTA, load_classifier, probabilities
@@ -137,7 +137,7 @@ def run(params: Params, ctx: JobContext) -> dict:
     ctx.save_artifact(path, "evaluation")
     predictions = ctx.artifact_dir / PREDICTIONS_FILE  # per image, for paired comparisons of arms over lesions
     predictions.write_text(json.dumps({
-        "ids": [i["id"] for i in items], "lesion_ids": [i["lesion_id"] or i["id"] for i in items],
+        "ids": [i["id"] for i in items], "lesion_ids": [lesion_of(i) for i in items],
         "labels": [int(v) for v in y], "predicted": [int(v) for v in np.asarray(probs).argmax(1)],
         "probs": np.round(np.asarray(probs, dtype=np.float64), 5).tolist()}))
     ctx.save_artifact(predictions, "predictions")

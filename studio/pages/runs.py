@@ -162,11 +162,19 @@ def show_comparison(client: Client, jobs: list[JobInfo]) -> None:
                                 key=f"runs_confusion_{row['job_id']}")
 
 
+@st.cache_data(max_entries=50, show_spinner="Bootstrapping the differences over test lesions…")
+def run_differences(_client: Client, _jobs: list[JobInfo], evaluated: tuple[tuple[int, int], ...]) -> list[dict]:
+    """`arm_differences` of a run, computed once per set of finished evaluations ((job id, attempt) each): a
+    rerun of the page does not fetch every job's predictions and resample again."""
+    fetch = lambda job_id, artifact: artifact_file(_client, job_id, artifact.id, artifact.sha256)  # noqa: E731
+    return arm_differences(_jobs, predictions_over_http(_client, fetch))
+
+
 def show_differences(client: Client, jobs: list[JobInfo]) -> None:
     """Each arm minus real only (same student, same test images) with its 95% interval over resampled lesions."""
-    fetch = lambda job_id, artifact: artifact_file(client, job_id, artifact.id, artifact.sha256)  # noqa: E731
+    evaluated = tuple(sorted((j.id, j.attempt) for j in jobs if j.kind == "evaluate" and isinstance(j.result, dict)))
     try:
-        differences = arm_differences(jobs, predictions_over_http(client, fetch))
+        differences = run_differences(client, jobs, evaluated)
     except (LookupError, ValueError) as e:
         st.caption(f"No paired comparison: {e}")
         return

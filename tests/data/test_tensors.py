@@ -37,6 +37,11 @@ def test_training_arrays_crop_and_resize_each_stored_image(tmp_path):
     assert (np.abs(array.astype(int) - (255, 0, 0)) <= 2).all()
     assert list(tmp_path.glob("cache/arrays/*.npy"))  # decoded once, then read from the cache
     assert np.array_equal(load_array(tmp_path, items, 64), array)
+    # a model that recorded centre squares reads the same cached array; a whole-frame model gets its own
+    assert np.array_equal(load_array(tmp_path, items, 64, {"crop": "centre-square", "via": None}), array)
+    assert len(list(tmp_path.glob("cache/arrays/*.npy"))) == 1
+    load_array(tmp_path, items, 64, {"crop": "whole-frame", "via": None})
+    assert len(list(tmp_path.glob("cache/arrays/*.npy"))) == 2
 
 
 def test_a_whole_frame_model_sees_the_margins_squashed_through_its_sources_size():
