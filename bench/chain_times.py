@@ -4,9 +4,11 @@
         `dermae demo --no-studio` on WS (which must not exist yet): the default data is imported and the generator
         chain starts. Prints when the first synthetic lesion could be opened in the studio (from the command's
         start), when each job ended, the whole chain's time, and the judge's per-class table.
-    python bench/chain_times.py train --workspace WS [--profile cpu64] [--dataset ID]
+    python bench/chain_times.py train --workspace WS [--profile cpu64] [--dataset ID] [--seeds N]
+                                      [--real-fraction F]
         `dermae train` on WS after the generator chain, with WS's training caches removed first (arrays, teacher
-        targets): one seed of the train chain. Without --dataset, a version auto-curated from the scores is frozen.
+        targets): N seeds (default one) of the train chain. Without --dataset, a version auto-curated from the
+        scores is frozen.
 
 Budgets (issue 21, this 2-core machine): first synthetic lesion <= 15 min, generator chain <= 60 min, train
 chain <= 75 min. Run alone: another process on the two cores makes every figure meaningless.
@@ -137,9 +139,12 @@ def train(args: argparse.Namespace) -> None:
                     "intended >= 0.5, no near-copies, one per duplicate group)", selection="scores",
                     min_intended_prob=0.5).id
         start = time.time()
-        result = subprocess.run([DERMAE, "train", "--profile", args.profile or "cpu64", "--dataset", args.dataset],
+        result = subprocess.run([DERMAE, "train", "--profile", args.profile or "cpu64", "--dataset", args.dataset,
+                                 "--seeds", str(args.seeds), "--real-fraction", str(args.real_fraction)],
                                 env={**os.environ, "DERMAE_WORKSPACE": str(args.workspace)})
-        print(verdict("train chain", time.time() - start) + f" (exit {result.returncode}, dataset {args.dataset})")
+        took = time.time() - start
+        print((verdict("train chain", took) if args.seeds == 1 else f"train chain, {args.seeds} seeds: {minutes(took)}")
+              + f" (exit {result.returncode}, dataset {args.dataset}, real fraction {args.real_fraction})")
     finally:
         launcher.stop_all()
 
@@ -150,6 +155,8 @@ def main() -> None:
     parser.add_argument("--workspace", type=Path, required=True)
     parser.add_argument("--profile", help="Default: what `dermae demo` picks for the data (generator), cpu64 (train).")
     parser.add_argument("--dataset", help="train: the dataset version to train on.")
+    parser.add_argument("--seeds", type=int, default=1, help="train: seeds of the run (`dermae train --seeds`).")
+    parser.add_argument("--real-fraction", type=float, default=1.0, help="train: `dermae train --real-fraction`.")
     args = parser.parse_args()
     args.workspace = args.workspace.resolve()
     (generator if args.chain == "generator" else train)(args)
