@@ -10,7 +10,10 @@ naming it, so each acknowledged request can be found again. A reviewer decides t
 (the store keeps every decision as a new event), so the queue never runs dry. Afterwards the whole history is
 read back (GET /reviews, paged) and must equal, event for event, what the server acknowledged. Prints errors,
 acknowledged and stored counts, p50/p95/p99 latency and throughput per phase with ratios to the baseline, and the
-metric points the job logged meanwhile. Exits 1 on any error or count mismatch; asserts nothing about time.
+metric points the job logged meanwhile. The scenario runs twice on fresh workspaces, "before" with a commit per
+request (DERMAE_REVIEW_GROUP_COMMIT=1) and "after" with group commit (decisions that arrive together share one
+transaction and fsync), and ends with the many-reviewer phase of both side by side. Exits 1 on any error or count
+mismatch; asserts nothing about time.
 
 Kill (--kill-server-after S): N reviewers write (odd-numbered ones in bulk requests of --batch images), the server
 gets SIGKILL S seconds into the burst, a new server starts on the same workspace, and every acknowledged decision
@@ -123,11 +126,14 @@ def reviewer_names(n: int) -> list[str]:
     return [f"rev{i:02d}" for i in range(n)]
 
 
-def start_review_server(workspace: Path, reviewers: int, images: int) -> RunningServer:
-    """A real server with `images` synthetic images spread over a few classes and accounts rev00.. (reviewers)."""
+def start_review_server(workspace: Path, reviewers: int, images: int, group_commit: int | None = None
+                        ) -> RunningServer:
+    """A real server with `images` synthetic images spread over a few classes and accounts rev00.. (reviewers);
+    `group_commit`: the server's DERMAE_REVIEW_GROUP_COMMIT (1: a commit per request), else its default."""
     per_class = {c: images // len(CLASSES_SEEDED) + (k < images % len(CLASSES_SEEDED))
                  for k, c in enumerate(CLASSES_SEEDED)}
-    return review_server(workspace, dict.fromkeys(reviewer_names(reviewers), "reviewer"), per_class)
+    env = {"DERMAE_REVIEW_GROUP_COMMIT": str(group_commit)} if group_commit else None
+    return review_server(workspace, dict.fromkeys(reviewer_names(reviewers), "reviewer"), per_class, env)
 
 
 def start_training(server: RunningServer, step_seconds: float = 0.02) -> int:
@@ -292,9 +298,9 @@ class LoadResult:
 
 
 def load_run(workspace: Path, *, reviewers: int = 20, decisions: int = 500, baseline: int = 200, images: int = 60,
-             step_seconds: float = 0.02) -> LoadResult:
+             step_seconds: float = 0.02, group_commit: int | None = None) -> LoadResult:
     """The load scenario (module docstring) on a fresh workspace; every phase's decisions are checked at the end."""
-    server = start_review_server(workspace, reviewers, images)
+    server = start_review_server(workspace, reviewers, images, group_commit)
     try:
         image_ids = [i for ids in server.ids.values() for i in ids]
         clients = {name: server.signed_in(name) for name in reviewer_names(reviewers)}
@@ -434,18 +440,37 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=5, help="kill mode: images per bulk request (odd reviewers)")
     parser.add_argument("--no-training", action="store_true", help="kill mode: no training job meanwhile")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        workspace = Path(tmp) / "ws"
-        if args.kill_server_after is not None:
+    if args.kill_server_after is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            workspace = Path(tmp) / "ws"
             result = kill_run(workspace, reviewers=args.reviewers or 8, decisions=args.decisions or 10_000,
                               batch=args.batch, kill_after=args.kill_server_after, images=args.images,
                               training=not args.no_training, step_seconds=args.step_seconds)
             print_kill(result)
-        else:
-            result = load_run(workspace, reviewers=args.reviewers or 20, decisions=args.decisions or 500,
-                              baseline=args.baseline, images=args.images, step_seconds=args.step_seconds)
-            print_load(result, args.step_seconds)
-    sys.exit(0 if result.ok else 1)
+            sys.exit(0 if result.ok else 1)
+    results = {}
+    for what, group_commit in (("before: a commit per request", 1), ("after: group commit", None)):
+        with tempfile.TemporaryDirectory() as tmp:
+            print(f"\n== {what}")
+            results[what] = load_run(Path(tmp) / "ws", reviewers=args.reviewers or 20,
+                                     decisions=args.decisions or 500, baseline=args.baseline, images=args.images,
+                                     step_seconds=args.step_seconds, group_commit=group_commit)
+            print_load(results[what], args.step_seconds)
+    print_before_after(results)
+    sys.exit(0 if all(r.ok for r in results.values()) else 1)
+
+
+def print_before_after(results: dict[str, LoadResult]) -> None:
+    """The many-reviewer phase of each run side by side, with the after/before ratios."""
+    rows = {what: (percentiles(r.phases[-1][2].latencies_ms), r.phases[-1][2].decisions / r.phases[-1][2].seconds)
+            for what, r in results.items()}
+    print(f"\n{results[next(iter(results))].phases[-1][0]}, one run:")
+    print(f"{'':<32} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'decisions/s':>12}")
+    for what, ((p50, p95, p99), rate) in rows.items():
+        print(f"{what:<32} {p50:>8.1f} {p95:>8.1f} {p99:>8.1f} {rate:>12.0f}")
+    (before, before_rate), (after, after_rate) = rows.values()
+    print(f"{'after / before':<32} {after[0] / before[0]:>8.2f} {after[1] / before[1]:>8.2f} "
+          f"{after[2] / before[2]:>8.2f} {after_rate / before_rate:>12.2f}")
 
 
 if __name__ == "__main__":

@@ -723,12 +723,19 @@ def users_ls(workspace: Workspace = None) -> None:
 def policy(
     accepts: Annotated[int | None, typer.Argument(help="Set k: an image is accepted with k accepts and no "
                                                        "reject. Omit to show the policy in force.")] = None,
+    blind: Annotated[bool | None, typer.Option("--blind/--no-blind", help="Blind reading: a reviewer sees no "
+                                               "other reviewer's decision on an image until they have decided "
+                                               "it (the default).")] = None,
     workspace: Workspace = None,
 ) -> None:
-    """The review acceptance policy: k accepts and no reject."""
+    """The review policy: k accepts and no reject, and blind reading."""
     client = _client(workspace)
-    current = _call(client.set_review_policy, accepts) if accepts is not None else _call(client.review_policy)
-    typer.echo(f"accepted = {current.accepts_needed} accept(s) and no reject")
+    changing = accepts is not None or blind is not None
+    current = _call(client.set_review_policy, accepts, blind) if changing else _call(client.review_policy)
+    typer.echo(f"accepted = {current.accepts_needed} accept(s) and no reject; reading is "
+               f"{'blind' if current.blind else 'open (reviewers see each other’s decisions)'}"
+               + (f" (set by {current.changed_by} at {current.changed_at:%Y-%m-%d %H:%M} UTC)"
+                  if current.changed_by and current.changed_at else ""))
 
 
 @contextmanager

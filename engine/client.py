@@ -52,6 +52,7 @@ from engine.schemas import (
     ReviewIn,
     ReviewPage,
     ReviewPolicy,
+    ReviewPolicyIn,
     ScoresIn,
     ScoreValue,
     Session,
@@ -409,12 +410,19 @@ class Client:
     def agreement(self) -> dict[str, Agreement]:
         return {c: Agreement.model_validate(a) for c, a in self._request("GET", "/reviews/agreement").json().items()}
 
+    def review_progress(self) -> dict[str, int]:
+        """Per class, the synthetic images the signed-in user has not decided yet."""
+        return self._request("GET", "/reviews/progress").json()
+
     def review_policy(self) -> ReviewPolicy:
         return ReviewPolicy.model_validate(self._request("GET", "/review-policy").json())
 
-    def set_review_policy(self, accepts_needed: int) -> ReviewPolicy:
-        body = ReviewPolicy(accepts_needed=accepts_needed).model_dump()
+    def set_review_policy(self, accepts_needed: int | None = None, blind: bool | None = None) -> ReviewPolicy:
+        body = ReviewPolicyIn(accepts_needed=accepts_needed, blind=blind).model_dump()
         return ReviewPolicy.model_validate(self._request("PUT", "/review-policy", json=body).json())
+
+    def review_policy_history(self) -> list[ReviewPolicy]:
+        return [ReviewPolicy.model_validate(p) for p in self._request("GET", "/review-policy/history").json()]
 
     # artifact files ---------------------------------------------------------------------------------------
     def artifact_bytes(self, job_id: int, artifact_id: int) -> bytes:

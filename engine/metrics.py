@@ -406,13 +406,13 @@ def _balanced_accuracy(confusion: np.ndarray) -> np.ndarray:
 def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable]) -> float | None:
     """Cohen's kappa of two raters' labels on the same items (None when undefined: fewer than two items, or
     both raters always gave one and the same label)."""
-    from sklearn.metrics import cohen_kappa_score
-
     if len(a) != len(b):
         raise ValueError(f"one label per item from each rater: got {len(a)} and {len(b)}")
     if len(a) < 2 or len(set(a) | set(b)) < 2:
         return None
-    return float(cohen_kappa_score(list(a), list(b)))
+    index = {c: j for j, c in enumerate(sorted(set(a) | set(b), key=str))}
+    kappa = _cohen_kappas(np.array([index[x] for x in a]), np.array([index[x] for x in b]), len(index), 0, 0)[0]
+    return float(kappa)
 
 
 def fleiss_kappa(ratings: Sequence[Sequence[Hashable]], categories: Sequence[Hashable]) -> float | None:
@@ -427,34 +427,99 @@ def fleiss_kappa(ratings: Sequence[Sequence[Hashable]], categories: Sequence[Has
     for i, row in enumerate(rows):
         for label in row:
             counts[i, index[label]] += 1
-    n = counts.sum(1)
-    p_item = (counts * (counts - 1)).sum(1) / (n * (n - 1))
-    shares = counts.sum(0) / n.sum()
-    p_chance = float((shares**2).sum())
-    if p_chance >= 1:
-        return None
-    return float((p_item.mean() - p_chance) / (1 - p_chance))
+    kappa = _fleiss_kappas(counts, 0, 0)[0]
+    return None if np.isnan(kappa) else float(kappa)
+
+
+MIN_AGREEMENT_IMAGES = 10  # below this many shared images, kappa swings too far to read: the studio says so
 
 
 def review_agreement(decisions: Sequence[tuple[str, str, str, str]], classes: Sequence[str],
-                     categories: Sequence[str]) -> dict[str, dict]:
-    """Per class, from (image_id, class, reviewer, decision) rows: the reviewers, the images two or more of them
-    decided, and chance-corrected agreement on those — Cohen's kappa when exactly two reviewers share images,
-    Fleiss' when more do."""
-    out: dict[str, dict] = {}
-    for cls in classes:
-        per_image: dict[str, dict[str, str]] = {}
-        for image_id, label, reviewer, decision in decisions:
-            if label == cls:
-                per_image.setdefault(image_id, {})[reviewer] = decision
-        shared = [d for d in per_image.values() if len(d) >= 2]
-        sharing = sorted({r for d in shared for r in d})
-        row: dict = {"reviewers": sorted({r for d in per_image.values() for r in d}), "images": len(shared),
-                     "kappa": None, "method": None}
-        if len(sharing) == 2:
-            a, b = sharing
-            row |= {"kappa": cohen_kappa([d[a] for d in shared], [d[b] for d in shared]), "method": "cohen"}
-        elif len(sharing) > 2:
-            row |= {"kappa": fleiss_kappa([list(d.values()) for d in shared], categories), "method": "fleiss"}
-        out[cls] = row
-    return out
+                     categories: Sequence[str], overall: str | None = None) -> dict[str, dict]:
+    """Per class, from (image_id, class, reviewer, decision) rows: `agreement` over the images two or more
+    reviewers decided. With `overall` (a key), first a row over every class at once."""
+    per_class: dict[str, dict[str, dict[str, str]]] = {cls: {} for cls in classes}
+    for image_id, label, reviewer, decision in decisions:
+        if label in per_class:
+            per_class[label].setdefault(image_id, {})[reviewer] = decision
+    out = {overall: agreement([d for images in per_class.values() for d in images.values()], categories)} \
+        if overall else {}
+    return out | {cls: agreement(list(images.values()), categories) for cls, images in per_class.items()}
+
+
+def agreement(per_image: Sequence[dict[str, str]], categories: Sequence[str], resamples: int = 1000,
+              seed: int = 0) -> dict:
+    """Agreement between readers, from each image's {reader: decision}, on the images two or more of them read:
+    how many (`images`; `enough` from MIN_AGREEMENT_IMAGES on), the share of reader pairs that agree
+    (`percent_agreement`), the table of reader pairs' decisions (`table[first][second]`, the readers of a pair in
+    name order: with two readers, the first reader's rows against the second's columns), and chance-corrected
+    agreement — Cohen's kappa when exactly two readers share images, Fleiss' when more do — with a 95% interval
+    from resampling images."""
+    shared = [d for d in per_image if len(d) >= 2]
+    readers = sorted({r for d in shared for r in d})
+    index = {c: j for j, c in enumerate(categories)}
+    table = np.zeros((len(categories), len(categories)), np.int64)
+    counts = np.zeros((len(shared), len(categories)))
+    for i, decided in enumerate(shared):
+        ordered = [index[decided[r]] for r in sorted(decided)]
+        for a, first in enumerate(ordered):
+            counts[i, first] += 1
+            for second in ordered[a + 1:]:
+                table[first, second] += 1
+    row: dict = {"reviewers": sorted({r for d in per_image for r in d}), "images": len(shared),
+                 "enough": len(shared) >= MIN_AGREEMENT_IMAGES, "min_images": MIN_AGREEMENT_IMAGES,
+                 "percent_agreement": None, "kappa": None, "kappa_ci95": None, "method": None,
+                 "table": {c: dict(zip(categories, map(int, table[i]), strict=True))
+                           for i, c in enumerate(categories)}}
+    if not shared:
+        return row
+    row["percent_agreement"] = float(_pair_agreement(counts[None])[0])
+    if len(readers) == 2:
+        first, second = (np.array([index[d[r]] for d in shared]) for r in readers)
+        kappas, row["method"] = _cohen_kappas(first, second, len(categories), resamples, seed), "cohen"
+    else:
+        kappas, row["method"] = _fleiss_kappas(counts, resamples, seed), "fleiss"
+    kappa, spread = kappas[0], kappas[1:][np.isfinite(kappas[1:])]
+    if len(shared) >= 2 and np.isfinite(kappa):
+        row["kappa"] = float(kappa)
+        if len(spread) >= resamples // 2:
+            row["kappa_ci95"] = [float(v) for v in np.percentile(spread, [2.5, 97.5])]
+    return row
+
+
+def _resampled(n: int, resamples: int, seed: int) -> np.ndarray:
+    """(1 + resamples, n) image indices: the images as they are, then resamples with replacement."""
+    drawn = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    return np.vstack([np.arange(n)[None], drawn])
+
+
+def _cohen_kappas(first: np.ndarray, second: np.ndarray, k: int, resamples: int, seed: int) -> np.ndarray:
+    """(1 + resamples,) Cohen's kappa of two readers' category indices, on the images and on resamples of them;
+    NaN where undefined (one category only)."""
+    picks = _resampled(len(first), resamples, seed)
+    codes = (first * k + second)[picks] + np.arange(len(picks))[:, None] * k * k
+    tables = np.bincount(codes.ravel(), minlength=len(picks) * k * k).reshape(len(picks), k, k) / len(first)
+    observed = np.trace(tables, axis1=1, axis2=2)
+    chance = (tables.sum(2) * tables.sum(1)).sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(chance < 1, (observed - chance) / (1 - chance), np.nan)
+
+
+def _pair_agreement(counts: np.ndarray) -> np.ndarray:
+    """(R, n, k) decisions per image and category -> (R,) mean share of each image's reader pairs that agree."""
+    n = counts.sum(2)
+    return ((counts * (counts - 1)).sum(2) / (n * (n - 1))).mean(1)
+
+
+def _fleiss_kappas(counts: np.ndarray, resamples: int, seed: int, chunk: int = 100) -> np.ndarray:
+    """(1 + resamples,) Fleiss' kappa (`fleiss_kappa`) of per-image category counts (n, k), on the images and on
+    resamples of them; NaN where undefined."""
+    picks = _resampled(len(counts), resamples, seed)
+    out = []
+    for start in range(0, len(picks), chunk):
+        drawn = counts[picks[start:start + chunk]]  # (r, n, k)
+        shares = drawn.sum(1) / drawn.sum((1, 2))[:, None]
+        chance = (shares ** 2).sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out.append(np.where(chance < 1, (_pair_agreement(drawn) - chance) / (1 - chance), np.nan))
+    return np.concatenate(out)

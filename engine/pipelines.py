@@ -103,7 +103,7 @@ def train_chain(profile: Profile, version: DatasetVersion, seeds: int = 1,
                 external: str | None = None) -> PipelineSubmit:
     """MAE pre-training -> teacher fine-tune -> for every student, the run's arms (`run_arms`: real only, real +
     KD, curated, uncurated), same budget each. Each model is evaluated on the real test split; the first student
-    of the distilled arm (curated, else real_kd) is exported for serving.
+    of the first seed, curated arm (else real_kd, uncurated, baseline), is exported for serving.
 
     With `seeds` > 1 the teacher and every arm are trained once per seed (keys `seed<k>.`), each seed's arms
     distilled from that seed's teacher; the MAE encoder they start from is pre-trained once. With `real_fraction`
@@ -114,7 +114,7 @@ def train_chain(profile: Profile, version: DatasetVersion, seeds: int = 1,
         raise ValueError(f"seeds must be at least 1, not {seeds}")
     dataset = version.id
     arms = run_arms(profile, version, uncurated)
-    served_arm = "curated" if "curated" in arms else "real_kd"
+    served_arm = next(arm for arm in ("curated", "real_kd", "uncurated", "baseline") if arm in arms)
     scarce = {"real_fraction": real_fraction} if real_fraction < 1 else {}
     steps = [PipelineStep(key="mae", kind="pretrain_mae",
                           params=profile.params("pretrain_mae", dataset=dataset, **scarce))]
@@ -137,7 +137,8 @@ def train_chain(profile: Profile, version: DatasetVersion, seeds: int = 1,
                 steps += evaluations(key, f"{name}: {label}", external)
             if i == 0 and seed == 0:
                 served = f"{prefix}{served_arm}.{name}"
-                steps.append(PipelineStep(key=f"{served}.export", kind="export", after_keys=[served, f"{served}.eval"],
+                evaluated = [f"{served}.eval"] + ([f"{served}.external"] if external else [])
+                steps.append(PipelineStep(key=f"{served}.export", kind="export", after_keys=[served, *evaluated],
                                           params={"model": None, "name": f"{name}-{profile.name}"}))
     name = f"train-{profile.name}" + (f"-real{real_fraction:g}" if scarce else "")
     return PipelineSubmit(name=name, steps=steps)

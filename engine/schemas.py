@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Base64Bytes, BaseModel, Field, model_validator
+from pydantic import AfterValidator, Base64Bytes, BaseModel, Field, computed_field, model_validator
 
 from engine.data.labels import PerClass
 from engine.data.splits import SplitKind
@@ -422,6 +423,8 @@ class Session(BaseModel):
 # review --------------------------------------------------------------------------------------------------------
 Decision = Literal["accept", "reject", "unsure"]
 Reason = Literal["unrealistic_texture", "wrong_class_features", "artifact", "duplicate", "near_copy", "other"]
+PREVIEW_FOLDER = "ldm-preview-step"  # train_ldm's preview images point at a folder "<this><step, 7 digits>"
+
 ReviewSort = Literal["newest", "oldest", "intended_prob", "-intended_prob", "judge_prob", "-judge_prob",
                      "nearest_real_dist", "-nearest_real_dist", "dup_group", "sharpness"]
 
@@ -464,10 +467,13 @@ class ReviewItem(BaseModel):
     steps: int | None
     checkpoint: str | None
     created_at: datetime
-    status: Literal["pending", "accepted", "rejected"]
-    accepts: int
-    rejects: int
-    reviewers: list[str]
+    status: Literal["pending", "accepted", "rejected"] | None = Field(description="None while blind reading hides "
+                                                                              "it (see `blinded`).")
+    accepts: int | None
+    rejects: int | None
+    reviewers: list[str] | None
+    blinded: bool = Field(description="Blind reading: you have not decided this image, so others' decisions on it "
+                                      "(status, accepts, rejects, reviewers) are withheld.")
     my_decision: Decision | None = Field(description="The signed-in reviewer's own live decision.")
     my_seq: int | None = Field(description="Its event number (what undo takes).")
     intended_prob: float | None = Field(description="The selector's (reference classifier's) probability of the "
@@ -481,6 +487,13 @@ class ReviewItem(BaseModel):
     judge_prob: float | None = Field(description="The independent judge's probability of the intended class.")
     judge_class: str | None = Field(description="The judge's most likely class.")
 
+    @computed_field(description="Made from a checkpoint part way through diffusion training (a preview, see "
+                                "train_ldm's preview_at): the step it was made at; None for a finished model's image.")
+    @property
+    def preview_step(self) -> int | None:
+        found = re.search(rf"{PREVIEW_FOLDER}(\d+)", self.checkpoint or "")
+        return int(found.group(1)) if found else None
+
 
 class ReviewPage(BaseModel):
     total: int
@@ -488,15 +501,33 @@ class ReviewPage(BaseModel):
     items: list[ReviewItem]
 
 
-class ReviewPolicy(BaseModel, extra="forbid"):
+class ReviewPolicyIn(BaseModel, extra="forbid"):
+    accepts_needed: int | None = Field(None, ge=1, le=20, description="An image is accepted with k accepts and "
+                                                                      "no reject; default: as in force.")
+    blind: bool | None = Field(None, description="Blind reading: a reviewer sees no other reviewer's decision on an "
+                                                 "image until they have decided it; default: as in force.")
+
+
+class ReviewPolicy(BaseModel):
     accepts_needed: int = Field(ge=1, le=20, description="An image is accepted with k accepts and no reject.")
+    blind: bool = Field(description="Blind reading (admins always see everything).")
+    changed_by: str | None = Field(description="Who set it (None: the default, never changed).")
+    changed_at: datetime | None
 
 
 class Agreement(BaseModel):
     reviewers: list[str]
     images: int = Field(description="Images decided by two or more reviewers: what kappa rests on.")
+    enough: bool = Field(description="Whether `images` reaches `min_images`: below it, read kappa as 'not enough "
+                                     "images'.")
+    min_images: int
+    percent_agreement: float | None = Field(description="Share of reader pairs on an image that agree, averaged "
+                                                        "over the images.")
     kappa: float | None
+    kappa_ci95: tuple[float, float] | None = Field(description="95% interval of kappa from resampling images.")
     method: Literal["cohen", "fleiss"] | None
+    table: dict[str, dict[str, int]] = Field(description="Reader pairs by decision: table[first][second], the "
+                                                         "readers of a pair in name order.")
 
 
 # the blinded visual Turing test -------------------------------------------------------------------------------

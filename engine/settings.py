@@ -6,6 +6,8 @@ DERMAE_API_TOKEN  the token clients send (default: the token file in the workspa
                   replaces that file's token, and it is required to bind any address but loopback
 DERMAE_DATA       a dermamnist.npz that `dermae demo` imports instead of the phantom set
 DERMAE_MAX_REQUEST_MB  the largest request body the server reads (default 64)
+DERMAE_REVIEW_GROUP_COMMIT  review decisions that may share one commit (default 256; 1: a commit each, which
+                  bench/review_load.py measures as "before")
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ THUMBNAIL_SIDE = 128
 # client splits into requests of at most SYNTHETIC_UPLOAD_BYTES.
 MAX_REQUEST_BYTES = int(float(os.environ.get("DERMAE_MAX_REQUEST_MB", "64")) * 1024 * 1024)
 SYNTHETIC_UPLOAD_BYTES = 16 * 1024 * 1024
+REVIEW_GROUP_COMMIT = max(1, int(os.environ.get("DERMAE_REVIEW_GROUP_COMMIT", "256")))
 
 
 @dataclass(frozen=True)

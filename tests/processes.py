@@ -125,10 +125,11 @@ def seed_review_workspace(server: RunningServer, per_class: dict[str, int] | Non
     return ids
 
 
-def review_server(workspace: Path, users: dict[str, str], per_class: dict[str, int] | None = None) -> RunningServer:
+def review_server(workspace: Path, users: dict[str, str], per_class: dict[str, int] | None = None,
+                  env: dict[str, str] | None = None) -> RunningServer:
     """A started server with seed_review_workspace's images (ids on `.ids`) and accounts {name: role}, each with
     the password "<name>-password"."""
-    server = start_server(workspace)
+    server = start_server(workspace, env=env)
     try:
         server.ids = seed_review_workspace(server, per_class)
         for name, role in users.items():

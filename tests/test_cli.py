@@ -125,8 +125,12 @@ def test_users_add_ls_and_the_review_policy(server):
     assert "ann" in dermae(server, "users", "ls").stdout
     assert Client(server.url, None).login("ann", "a long password").user.name == "ann"
     assert "2 accept(s)" in dermae(server, "policy", "2").stdout
-    assert "2 accept(s)" in dermae(server, "policy").stdout
-    dermae(server, "policy", "1")
+    shown = dermae(server, "policy").stdout
+    assert "2 accept(s)" in shown and "reading is blind" in shown  # blind by default
+    assert "reading is open" in dermae(server, "policy", "--no-blind").stdout
+    assert "2 accept(s)" in dermae(server, "policy").stdout  # a change of one keeps the other
+    assert "1 accept(s) no reject; reading is blind" in dermae(server, "policy", "1", "--blind").stdout.replace(
+        " and", "")
 
 
 def test_the_train_table_shows_each_arm_and_its_difference_from_real_only_with_an_interval(capsys):

@@ -214,11 +214,36 @@ def test_review_agreement_uses_cohen_for_two_reviewers_and_fleiss_for_more():
                  ("b", "df", "bob", "reject"), ("c", "df", "ann", "accept"),  # only one reviewer: not counted
                  ("x", "vasc", "ann", "accept"), ("x", "vasc", "bob", "reject"), ("x", "vasc", "cy", "accept"),
                  ("y", "vasc", "ann", "reject"), ("y", "vasc", "bob", "reject"), ("y", "vasc", "cy", "reject")]
-    rows = metrics.review_agreement(decisions, ["df", "vasc", "nv"], ["accept", "reject", "unsure"])
-    assert rows["df"] == {"reviewers": ["ann", "bob"], "images": 2, "kappa": 1.0, "method": "cohen"}
+    rows = metrics.review_agreement(decisions, ["df", "vasc", "nv"], ["accept", "reject", "unsure"], "overall")
+    assert list(rows) == ["overall", "df", "vasc", "nv"] and rows["overall"]["images"] == 4
+    df = rows["df"]
+    assert (df["reviewers"], df["images"], df["kappa"], df["method"]) == (["ann", "bob"], 2, 1.0, "cohen")
+    assert df["percent_agreement"] == 1.0 and not df["enough"]  # 2 images: the studio says "not enough images"
     assert rows["vasc"]["method"] == "fleiss" and rows["vasc"]["images"] == 2
     assert -1 <= rows["vasc"]["kappa"] < 1
-    assert rows["nv"] == {"reviewers": [], "images": 0, "kappa": None, "method": None}
+    assert rows["vasc"]["percent_agreement"] == pytest.approx((1 / 3 + 1) / 2)  # x: 1 of 3 pairs agree, y: all
+    nv = rows["nv"]
+    assert (nv["images"], nv["kappa"], nv["percent_agreement"], nv["kappa_ci95"]) == (0, None, None, None)
+
+
+def test_agreement_on_a_hand_made_table_gives_the_known_kappa_percent_agreement_and_an_interval_around_it():
+    """Two readers on 20 images: both accept 8, both reject 7, ann accepts / bob rejects 2, the reverse 3. Observed
+    agreement 15/20 = 0.75; chance 10/20 x 11/20 + 10/20 x 9/20 = 0.5; kappa (0.75 - 0.5) / 0.5 = 0.5."""
+    from sklearn.metrics import cohen_kappa_score
+
+    pairs = [("accept", "accept")] * 8 + [("reject", "reject")] * 7 + [("accept", "reject")] * 2 + \
+        [("reject", "accept")] * 3
+    per_image = [{"bob": b, "ann": a} for a, b in pairs]
+    row = metrics.agreement(per_image, ["accept", "reject", "unsure"])
+    assert row["method"] == "cohen" and row["images"] == 20 and row["enough"]
+    assert row["percent_agreement"] == pytest.approx(0.75)
+    assert row["kappa"] == pytest.approx(0.5) == pytest.approx(cohen_kappa_score(*zip(*pairs, strict=True)))
+    assert row["table"]["accept"] == {"accept": 8, "reject": 2, "unsure": 0}  # ann's rows, bob's columns
+    assert row["table"]["reject"] == {"accept": 3, "reject": 7, "unsure": 0}
+    low, high = row["kappa_ci95"]
+    assert -1 <= low < 0.5 < high <= 1 and high - low > 0.3  # 20 images: a wide interval, and it says so
+    more = metrics.agreement(per_image * 10, ["accept", "reject", "unsure"])
+    assert more["kappa"] == pytest.approx(0.5) and more["kappa_ci95"][1] - more["kappa_ci95"][0] < high - low
 
 
 def test_sample_density_is_zero_off_the_real_manifold_and_about_one_on_it(rng):

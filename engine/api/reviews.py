@@ -20,6 +20,7 @@ from engine.schemas import (
     ReviewItem,
     ReviewPage,
     ReviewPolicy,
+    ReviewPolicyIn,
     ReviewSort,
 )
 from engine.store.reviews import DECISIONS
@@ -31,6 +32,11 @@ _ERRORS = {409: {"model": Problem}, 422: {"model": Problem}}
 # Only signed-in users decide, so a reviewer filter is a user name: anything else is a mistake to point out, not a
 # filter that quietly matches nothing.
 _REVIEWER = USER_NAME.pattern
+
+
+def reads_blind(request: Request, principal: Principal) -> bool:
+    """Whether the caller reads blind: the policy says so and they are not an admin (nor the workspace token)."""
+    return principal.role != "admin" and principal.is_user and request.app.state.store.reviews.policy()["blind"]
 
 
 @router.get("/reviews/queue", response_model=ReviewPage)
@@ -52,13 +58,23 @@ def queue(
     limit: Annotated[int, Query(ge=1, le=500)] = 48,
     offset: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
 ) -> ReviewPage:
-    """Synthetic images with review state under the policy in force, their scores, and the caller's own decision."""
+    """Synthetic images with review state under the policy in force, their scores, and the caller's own decision.
+    Under blind reading, others' decisions on an image the caller has not decided are withheld (`blinded`), and
+    filters by status or by another reviewer match only images the caller has decided; admins see everything."""
     principal: Principal = request.state.principal
     total, rows = request.app.state.store.reviews.queue(
         me=principal.name, label=label, status=status, generation_job=generation_job, min_intended=min_intended,
         max_intended=max_intended, min_nearest=min_nearest, max_nearest=max_nearest, dup_group=dup_group,
-        near_copy=near_copy, reviewer=reviewer, undecided_by_me=mine, sort=sort, limit=limit, offset=offset)
+        near_copy=near_copy, reviewer=reviewer, undecided_by_me=mine, sort=sort, limit=limit, offset=offset,
+        blind=reads_blind(request, principal))
     return ReviewPage(total=total, offset=offset, items=[ReviewItem(**r) for r in rows])
+
+
+@router.get("/reviews/progress", response_model=dict[str, int])
+def progress(request: Request) -> dict[str, int]:
+    """Per class (every class, in the labels' order), the synthetic images the caller has not decided yet."""
+    left = request.app.state.store.reviews.left_for(request.state.principal.name)
+    return {cls: left.get(cls, 0) for cls in CLASSES}
 
 
 @router.post("/reviews", response_model=list[ReviewEvent], status_code=201, responses=_ERRORS)
@@ -88,9 +104,12 @@ def history(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
 ) -> ReviewHistory:
-    """Every decision event, newest first; undone decisions stay, marked with the undo that took them back."""
-    total, rows = request.app.state.store.reviews.history(reviewer=reviewer, label=label, image_id=image_id,
-                                                          since=since, until=until, limit=limit, offset=offset)
+    """Every decision event, newest first; undone decisions stay, marked with the undo that took them back. Under
+    blind reading a reviewer sees only events on images they have decided."""
+    principal: Principal = request.state.principal
+    total, rows = request.app.state.store.reviews.history(
+        reviewer=reviewer, label=label, image_id=image_id, since=since, until=until, limit=limit, offset=offset,
+        blind_for=principal.name if reads_blind(request, principal) else None)
     return ReviewHistory(total=total, offset=offset, items=[ReviewEvent(**r) for r in rows])
 
 
@@ -102,21 +121,31 @@ def reviewers(request: Request) -> list[str]:
 
 @router.get("/reviews/agreement", response_model=dict[str, Agreement])
 def agreement(request: Request) -> dict[str, Agreement]:
-    """Per class: chance-corrected agreement (Cohen's kappa for two reviewers, Fleiss' for more) on the images
-    two or more reviewers decided, with how many images that is."""
-    from engine.metrics import review_agreement  # scipy: loaded when first asked, not at server start
+    """Overall ("all"), then per class: on the images two or more reviewers decided, how many, percent agreement,
+    the table of reader pairs' decisions, and chance-corrected agreement (Cohen's kappa for two reviewers, Fleiss'
+    for more) with a 95% interval. Counts only: no one's decision on any one image."""
+    from engine.metrics import review_agreement
 
-    rows = review_agreement(request.app.state.store.reviews.live_decisions(), CLASSES, DECISIONS)
+    rows = review_agreement(request.app.state.store.reviews.live_decisions(), CLASSES, DECISIONS, overall="all")
     return {cls: Agreement(**row) for cls, row in rows.items()}
 
 
 @router.get("/review-policy", response_model=ReviewPolicy)
 def get_policy(request: Request) -> ReviewPolicy:
-    return ReviewPolicy(accepts_needed=request.app.state.store.reviews.accepts_needed())
+    """The review policy in force: k accepts and no reject, and whether reading is blind."""
+    return ReviewPolicy(**request.app.state.store.reviews.policy())
+
+
+@router.get("/review-policy/history", response_model=list[ReviewPolicy])
+def policy_history(request: Request) -> list[ReviewPolicy]:
+    """Every change of the policy, newest first: who set what, when."""
+    return [ReviewPolicy(**row) for row in request.app.state.store.reviews.policy_history()]
 
 
 @router.put("/review-policy", response_model=ReviewPolicy, responses=_ERRORS)
-def set_policy(body: ReviewPolicy, request: Request, principal: Principal = Depends(require_admin)) -> ReviewPolicy:
-    """Set k of "k accepts and no reject" (admins). Statuses everywhere follow at once; past versions keep theirs."""
-    return ReviewPolicy(accepts_needed=request.app.state.store.reviews.set_accepts_needed(body.accepts_needed,
-                                                                                         principal.name))
+def set_policy(body: ReviewPolicyIn, request: Request, principal: Principal = Depends(require_admin)
+               ) -> ReviewPolicy:
+    """Change the policy (admins): what the body gives changes, the rest stays. Statuses everywhere follow at once;
+    past dataset versions keep theirs. Each change is recorded with who made it."""
+    return ReviewPolicy(**request.app.state.store.reviews.set_policy(
+        principal.name, accepts_needed=body.accepts_needed, blind=body.blind))

@@ -13,7 +13,7 @@ import uvicorn
 from engine.api.app import create_app
 from engine.files import atomic_write_bytes
 from engine.jobs.scheduler import Scheduler, SchedulerConfig
-from engine.settings import Settings, exposure_problem, server_api_token
+from engine.settings import REVIEW_GROUP_COMMIT, Settings, exposure_problem, server_api_token
 from engine.store import Store
 
 
@@ -48,7 +48,8 @@ def serve(settings: Settings, host: str, port: int, log_level: str = "info",
     if problem:
         raise SystemExit(problem)
     settings.ensure()
-    store = Store(settings.db_path)  # fails fast, with advice, if another server holds the database
+    # fails fast, with advice, if another server holds the database
+    store = Store(settings.db_path, review_group_commit=REVIEW_GROUP_COMMIT)
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     url_host = f"[{host}]" if ":" in host else host

@@ -142,6 +142,25 @@ def export_for_serving(model: torch.nn.Module, meta: dict, out: Path, check_imag
     return {"max_abs_diff": diffs, "serving": serving}
 
 
+EXTERNAL_FIGURES = ("n", "split", "macro_f1", "balanced_accuracy", "accuracy", "external")
+
+
+def upstream_evaluation(ctx: JobContext) -> dict | None:
+    """The evaluation the served model carries: the upstream evaluate job's on the version's test split, with an
+    upstream evaluation on an external import batch (`dermae train --external`) under "external_evaluation", so
+    the model card shows the drop. None when no evaluate job ran upstream."""
+    found = [json.loads((ctx.workspace / artifact.path).read_text())
+             for job_id in ctx.after for artifact in ctx.api.job_artifacts(job_id) if artifact.kind == "evaluation"]
+    inside = [e for e in found if not e.get("external")]
+    outside = [e for e in found if e.get("external")]
+    if not inside:
+        return None
+    evaluation = inside[-1]
+    if outside:
+        evaluation["external_evaluation"] = {k: outside[-1].get(k) for k in EXTERNAL_FIGURES}
+    return evaluation
+
+
 def run(params: Params, ctx: JobContext) -> dict:
     from engine.data.tensors import labels_of, load_array, to_model_input
     from engine.models.classifier import load_classifier
@@ -157,11 +176,7 @@ def run(params: Params, ctx: JobContext) -> dict:
     if not val:
         ctx.log("no real validation images in this dataset version: the demo will say the model is not calibrated")
 
-    evaluation = None
-    for job_id in ctx.after:
-        for artifact in ctx.api.job_artifacts(job_id):
-            if artifact.kind == "evaluation":
-                evaluation = json.loads((ctx.workspace / artifact.path).read_text())
+    evaluation = upstream_evaluation(ctx)
     if evaluation is not None and bool(evaluation.get("tta")) != params.tta:
         raise ValueError(f"the upstream evaluation was measured with tta={bool(evaluation.get('tta'))} but export "
                          f"asks for tta={params.tta}: set them alike, so the served model answers as evaluated")

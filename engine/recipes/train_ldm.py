@@ -16,6 +16,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from engine.jobs.context import JobContext, Stopped
+from engine.schemas import PREVIEW_FOLDER
 
 KIND = "train_ldm"
 
@@ -131,7 +132,7 @@ def run(params: Params, ctx: JobContext) -> dict:
         stats = ctx.api.stats()
         quotas = plan_quotas(stats.real["train"], stats.synthetic["accepted"], TargetRule.majority)
         short = [k for k, c in enumerate(CLASSES) if quotas[c] > 0]
-        folder = ctx.artifact_dir / f"ldm-preview-step{step:07d}"
+        folder = ctx.artifact_dir / f"{PREVIEW_FOLDER}{step:07d}"
         ema.store(unet.parameters())
         ema.copy_to(unet.parameters())
         model.save_pretrained(folder)

@@ -12,7 +12,7 @@ from engine.store.images import ImageQueries
 from engine.store.jobs import JobConflict, JobQueries, UnknownJob
 from engine.store.migrations import LATEST_VERSION
 from engine.store.models import ModelQueries, UnknownModel
-from engine.store.reviews import ReviewConflict, ReviewProblem, ReviewQueries
+from engine.store.reviews import GROUP_COMMIT_MAX, ReviewConflict, ReviewProblem, ReviewQueries
 from engine.store.turing import TuringConflict, TuringProblem, TuringQueries, UnknownTuringSession
 from engine.store.users import User, UserExists, UserProblem, UserQueries
 
@@ -23,14 +23,14 @@ __all__ += ["BackupFailed", "DatabaseExport", "export_database_file", "import_da
 
 
 class Store:
-    def __init__(self, path: Path, *, migrate_to: int | None = None):
+    def __init__(self, path: Path, *, migrate_to: int | None = None, review_group_commit: int = GROUP_COMMIT_MAX):
         self.db = Database(path, migrate_to=migrate_to)
         self.images = ImageQueries(self.db)
         self.jobs = JobQueries(self.db)
         self.datasets = DatasetQueries(self.db, path.parent / "datasets")
         self.models = ModelQueries(self.db)
         self.users = UserQueries(self.db)
-        self.reviews = ReviewQueries(self.db)
+        self.reviews = ReviewQueries(self.db, review_group_commit)
         self.turing = TuringQueries(self.db)
 
     @property

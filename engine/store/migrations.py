@@ -230,6 +230,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         -- rows left out because their image file was missing (--skip-missing), each named: JSON list
         ALTER TABLE import_batches ADD COLUMN skipped JSON;
     """),
+    (10, "blind reading is part of the review policy", """
+        -- whether a reviewer sees others' decisions on an image before deciding it; NULL (rows from before this
+        -- column) reads as the default, blind
+        ALTER TABLE review_policy ADD COLUMN blind BOOLEAN;
+    """),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

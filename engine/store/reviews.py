@@ -7,6 +7,9 @@ state of an image is derived from the events (REVIEW_STATUS_SQL) under the polic
 
 from __future__ import annotations
 
+import threading
+from collections import deque
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -50,6 +53,9 @@ FROM images i LEFT JOIN per_image p ON p.image_id = i.id
 WHERE i.source = 'synthetic'
 """
 
+# Blind reading: a blinded caller sees no one's decision on an image until they have decided it themselves.
+HIDDEN = "($blind AND mine.decision IS NULL)"
+
 QUEUE_SQL = f"""
 WITH live AS ({LIVE_SQL}),
 per_image AS ({PER_IMAGE_SQL}),
@@ -67,9 +73,11 @@ sc AS (
     FROM scores GROUP BY image_id
 )
 SELECT i.id, i.label, i.generation_job, i.seed, i.guidance, i.steps, i.checkpoint, i.created_at,
-       {STATUS_CASE} AS status,
-       coalesce(p.accepts, 0) AS accepts, coalesce(p.rejects, 0) AS rejects,
-       coalesce(p.reviewers, []) AS reviewers, mine.decision AS my_decision, mine.seq AS my_seq,
+       CASE WHEN {HIDDEN} THEN NULL ELSE {STATUS_CASE} END AS status,
+       CASE WHEN {HIDDEN} THEN NULL ELSE coalesce(p.accepts, 0) END AS accepts,
+       CASE WHEN {HIDDEN} THEN NULL ELSE coalesce(p.rejects, 0) END AS rejects,
+       CASE WHEN {HIDDEN} THEN NULL ELSE coalesce(p.reviewers, []) END AS reviewers, {HIDDEN} AS blinded,
+       mine.decision AS my_decision, mine.seq AS my_seq,
        sc.intended_prob, sc.nearest_real_dist, sc.nearest_real_id, sc.near_copy, sc.dup_group, sc.sharpness,
        sc.predicted_class, sc.judge_prob, sc.judge_class, count(*) OVER () AS total
 FROM images i
@@ -81,7 +89,8 @@ ORDER BY {{order}}
 LIMIT $limit OFFSET $offset
 """
 QUEUE_COLUMNS = ("id", "label", "generation_job", "seed", "guidance", "steps", "checkpoint", "created_at", "status",
-                 "accepts", "rejects", "reviewers", "my_decision", "my_seq", "intended_prob", "nearest_real_dist",
+                 "accepts", "rejects", "reviewers", "blinded", "my_decision", "my_seq", "intended_prob",
+                 "nearest_real_dist",
                  "nearest_real_id", "near_copy", "dup_group", "sharpness", "predicted_class", "judge_prob",
                  "judge_class")
 EVENT_COLUMNS = ("seq", "image_id", "label", "reviewer", "decision", "undoes", "reasons", "note", "created_at",
@@ -96,30 +105,74 @@ class ReviewConflict(ReviewProblem):
     """A decision that no longer fits the current state, e.g. undoing a decision that was already taken back."""
 
 
+@dataclass
+class _Pending:
+    """One POST /reviews waiting for the group commit that records it."""
+
+    image_ids: list[str]
+    reviewer: str
+    decision: str
+    reasons: list[str]
+    note: str | None
+    request_id: str | None
+    done: threading.Event = field(default_factory=threading.Event)
+    seqs: list[int] = field(default_factory=list)
+    events: list[dict[str, Any]] | None = None  # as written, so the answer needs no read after the commit
+    error: BaseException | None = None
+    same_as: _Pending | None = None  # a retry that arrived in the same group as its first attempt
+
+
+DEFAULT_POLICY = {"accepts_needed": 1, "blind": True, "changed_by": None, "changed_at": None}
+GROUP_COMMIT_MAX = 256  # requests that arrive together share one transaction and one fsync, at most this many
+
+
 class ReviewQueries:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, group_commit_max: int = GROUP_COMMIT_MAX):
         self.db = db
+        self.group_commit_max = group_commit_max  # 1: one transaction per request (the bench's "before")
+        self._waiting: deque[_Pending] = deque()
+        self._waiting_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
 
     # -- the policy ---------------------------------------------------------------------------------------------
-    def accepts_needed(self) -> int:
-        """k of the policy "k accepts and no reject" in force (1 until an admin sets it)."""
-        row = self.db.cursor().execute("SELECT accepts_needed FROM review_policy ORDER BY seq DESC LIMIT 1").fetchone()
-        return row[0] if row else 1
+    def policy(self) -> dict[str, Any]:
+        """The review policy in force: k of "k accepts and no reject", and whether reading is blind (a reviewer
+        sees no other reviewer's decision on an image before deciding it). Blind and k = 1 until an admin sets
+        them; every change is a new row (`policy_history`)."""
+        history = self.policy_history(limit=1)
+        return history[0] if history else dict(DEFAULT_POLICY)
 
-    def set_accepts_needed(self, k: int, changed_by: str) -> int:
-        if not 1 <= k <= 20:
+    def policy_history(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Every policy change, newest first: the audit trail of who set what when."""
+        rows = self.db.cursor().execute("SELECT accepts_needed, coalesce(blind, TRUE), changed_by, created_at "
+                                        "FROM review_policy ORDER BY seq DESC LIMIT ?", [limit]).fetchall()
+        return [dict(zip(("accepts_needed", "blind", "changed_by", "changed_at"), r, strict=True)) for r in rows]
+
+    def accepts_needed(self) -> int:
+        return self.policy()["accepts_needed"]
+
+    def set_policy(self, changed_by: str, *, accepts_needed: int | None = None, blind: bool | None = None
+                   ) -> dict[str, Any]:
+        """A new policy row: what is given changes, the rest stays as in force."""
+        if accepts_needed is not None and not 1 <= accepts_needed <= 20:
             raise ReviewProblem("accepts needed: 1 to 20")
         with self.db.transaction() as cur:
-            cur.execute("INSERT INTO review_policy (accepts_needed, changed_by, created_at) VALUES (?, ?, ?)",
-                        [k, changed_by, utc_now()])
-        return k
+            row = cur.execute("SELECT accepts_needed, coalesce(blind, TRUE) FROM review_policy ORDER BY seq DESC "
+                              "LIMIT 1").fetchone() or (DEFAULT_POLICY["accepts_needed"], DEFAULT_POLICY["blind"])
+            cur.execute("INSERT INTO review_policy (accepts_needed, blind, changed_by, created_at) VALUES (?, ?, ?, ?)",
+                        [row[0] if accepts_needed is None else accepts_needed, row[1] if blind is None else blind,
+                         changed_by, utc_now()])
+        return self.policy()
 
     # -- decisions ----------------------------------------------------------------------------------------------
     def decide(self, image_ids: list[str], reviewer: str, decision: str, reasons: list[str] | None = None,
                note: str | None = None, request_id: str | None = None) -> list[dict[str, Any]]:
         """Record one decision by `reviewer` on each image, all or none. Rejections need a reason; "other" needs
         a note. Returns the new events. With a `request_id` the reviewer used before, nothing new is recorded
-        and the events of that request are returned: a retry after a lost answer does not decide twice."""
+        and the events of that request are returned: a retry after a lost answer does not decide twice.
+
+        Group commit: requests that arrive while a commit is under way wait, then share the next transaction and
+        its one fsync; each returns only after that commit, and each stands or fails on its own."""
         reasons = sorted(set(reasons or []))
         if decision not in DECISIONS:
             raise ReviewProblem(f"decision {decision!r}: choose one of {', '.join(DECISIONS)}")
@@ -132,40 +185,104 @@ class ReviewQueries:
             raise ReviewProblem("reason 'other' needs a note saying what is wrong")
         if not image_ids:
             raise ReviewProblem("no images given")
-        ids = list(dict.fromkeys(image_ids))
+        pending = _Pending(list(dict.fromkeys(image_ids)), reviewer, decision, reasons, note, request_id)
+        with self._waiting_lock:
+            self._waiting.append(pending)
+        while not pending.done.is_set():
+            with self._commit_lock:  # whoever holds it commits everything waiting, its own request among them
+                if pending.done.is_set():
+                    break
+                with self._waiting_lock:
+                    group = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.group_commit_max))]
+                self._commit_group(group)
+        if pending.error is not None:
+            raise pending.error
+        return pending.events if pending.events is not None else self.events(pending.seqs)
+
+    def _commit_group(self, group: list[_Pending]) -> None:
+        """Record `group` in one transaction. A request that cannot be recorded (unknown or real images, a request
+        id reused for other images) gets its own error and leaves the others be; if the commit itself fails,
+        every request of the group fails with it and none is recorded."""
+        try:
+            with self.db.transaction() as cur:
+                self._insert_group(cur, group)
+            for item in group:
+                if item.same_as is not None:
+                    item.seqs, item.events, item.error = item.same_as.seqs, item.same_as.events, item.same_as.error
+        except BaseException as e:  # nothing of the group was committed
+            for item in group:
+                item.seqs, item.error = [], item.error or e
+        finally:
+            for item in group:
+                item.done.set()
+
+    def _insert_group(self, cur: Any, group: list[_Pending]) -> None:
         now = utc_now()
-        with self.db.transaction() as cur:
-            if request_id is not None:
-                done = cur.execute("SELECT seqs FROM review_requests WHERE reviewer = ? AND request_id = ?",
-                                   [reviewer, request_id]).fetchone()
-                if done:
-                    previous = self.events(list(done[0]))
-                    if [e["image_id"] for e in previous] != ids:
-                        raise ReviewConflict(f"request {request_id} was already used for other images: send a "
-                                             "new request id for a new decision")
-                    return previous
-            cur.register("decided_ids", pa.table({"image_id": ids}))
-            found = dict(cur.execute("SELECT i.id, i.source FROM images i JOIN decided_ids d ON d.image_id = i.id"
-                                     ).fetchall())
-            cur.unregister("decided_ids")
-            missing = [i for i in ids if i not in found]
+        cur.register("decided_ids", pa.table({"image_id": sorted({i for p in group for i in p.image_ids})}))
+        found = {i: (source, label) for i, source, label in cur.execute(
+            "SELECT i.id, i.source, i.label FROM images i JOIN decided_ids d ON d.image_id = i.id").fetchall()}
+        cur.unregister("decided_ids")
+        asked = [item for item in group if item.request_id is not None]
+        used: dict[tuple[str, str], list[int]] = {}
+        if asked:
+            cur.register("asked_requests", pa.table({"reviewer": [i.reviewer for i in asked],
+                                                     "request_id": [i.request_id for i in asked]}))
+            used = {(who, rid): seqs for who, rid, seqs in cur.execute(
+                "SELECT r.reviewer, r.request_id, r.seqs FROM review_requests r JOIN asked_requests a "
+                "ON a.reviewer = r.reviewer AND a.request_id = r.request_id").fetchall()}
+            cur.unregister("asked_requests")
+        writing: list[_Pending] = []
+        firsts: dict[tuple[str, str], _Pending] = {}
+        for item in group:
+            if item.request_id is not None:
+                key = (item.reviewer, item.request_id)
+                done = (used[key],) if key in used else None
+                first = firsts.get(key)
+                if done or first is not None:
+                    used_for = [e["image_id"] for e in self.events(list(done[0]))] if done else first.image_ids
+                    if used_for != item.image_ids:
+                        item.error = ReviewConflict(f"request {item.request_id} was already used for other images: "
+                                                    "send a new request id for a new decision")
+                    elif done:
+                        item.seqs = list(done[0])
+                    else:
+                        item.same_as = first
+                    continue
+                firsts[key] = item
+            missing = [i for i in item.image_ids if i not in found]
+            real = [i for i in item.image_ids if found.get(i, ("synthetic",))[0] != "synthetic"]
             if missing:
-                raise ReviewProblem(f"{len(missing)} unknown image id(s), e.g. {missing[0]}")
-            real = [i for i in ids if found[i] != "synthetic"]
-            if real:
-                raise ReviewProblem(f"{len(real)} image(s) are real: only synthetic images are reviewed, e.g. "
-                                    f"{real[0]}")
-            seqs = [r[0] for r in cur.execute("SELECT nextval('review_seq') FROM range(?)", [len(ids)]).fetchall()]
-            cur.register("new_reviews", pa.table({
-                "seq": seqs, "image_id": ids, "reviewer": [reviewer] * len(ids), "decision": [decision] * len(ids),
-                "undoes": pa.array([None] * len(ids), pa.int64()),
-                "reasons": pa.array([reasons] * len(ids), pa.list_(pa.string())), "note": [note] * len(ids),
-                "created_at": [now] * len(ids)}))
-            cur.execute("INSERT INTO reviews BY NAME SELECT * FROM new_reviews")
-            cur.unregister("new_reviews")
-            if request_id is not None:
-                cur.execute("INSERT INTO review_requests VALUES (?, ?, ?, ?)", [request_id, reviewer, seqs, now])
-        return self.events(seqs)
+                item.error = ReviewProblem(f"{len(missing)} unknown image id(s), e.g. {missing[0]}")
+            elif real:
+                item.error = ReviewProblem(f"{len(real)} image(s) are real: only synthetic images are reviewed, "
+                                           f"e.g. {real[0]}")
+            else:
+                writing.append(item)
+        count = sum(len(item.image_ids) for item in writing)
+        if not count:
+            return
+        seqs = iter([r[0] for r in cur.execute("SELECT nextval('review_seq') FROM range(?)", [count]).fetchall()])
+        rows: dict[str, list] = {k: [] for k in ("seq", "image_id", "reviewer", "decision", "reasons", "note")}
+        for item in writing:
+            item.seqs = [next(seqs) for _ in item.image_ids]
+            item.events = [{"seq": seq, "image_id": image_id, "label": found[image_id][1], "reviewer": item.reviewer,
+                            "decision": item.decision, "undoes": None, "reasons": item.reasons, "note": item.note,
+                            "created_at": now, "undone_by": None}
+                           for seq, image_id in zip(item.seqs, item.image_ids, strict=True)]
+            for seq, image_id in zip(item.seqs, item.image_ids, strict=True):
+                for key, value in (("seq", seq), ("image_id", image_id), ("reviewer", item.reviewer),
+                                   ("decision", item.decision), ("reasons", item.reasons), ("note", item.note)):
+                    rows[key].append(value)
+        cur.register("new_reviews", pa.table({
+            **rows, "undoes": pa.array([None] * count, pa.int64()),
+            "reasons": pa.array(rows["reasons"], pa.list_(pa.string())), "note": pa.array(rows["note"], pa.string()),
+            "created_at": [now] * count}))
+        cur.execute("INSERT INTO reviews BY NAME SELECT * FROM new_reviews")
+        cur.unregister("new_reviews")
+        requests = [item for item in writing if item.request_id is not None]
+        if requests:
+            cur.executemany("INSERT INTO review_requests VALUES (?, ?, ?, ?)",
+                            [[item.request_id, item.reviewer, item.seqs, now] for item in requests])
 
     def undo(self, seq: int, reviewer: str) -> dict[str, Any]:
         """Take back `reviewer`'s decision `seq` with a new 'undo' event. Only a reviewer's current decision on
@@ -196,9 +313,11 @@ class ReviewQueries:
 
     def history(self, *, reviewer: str | None = None, label: str | None = None, image_id: str | None = None,
                 since: datetime | None = None, until: datetime | None = None, seqs: list[int] | None = None,
-                limit: int = 100, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
-        """Decision events, newest first, each with the image's class and the undo that took it back (if any)."""
+                limit: int = 100, offset: int = 0, blind_for: str | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """Decision events, newest first, each with the image's class and the undo that took it back (if any).
+        `blind_for`: that reviewer reads blind, so only events on images they have decided are listed."""
         where, params = where_given(
+            ("r.image_id IN (SELECT image_id FROM reviews WHERE reviewer = $blind_for)", "blind_for", blind_for),
             ("r.reviewer = $reviewer", "reviewer", reviewer), ("i.label = $label", "label", label),
             ("r.image_id = $image_id", "image_id", image_id), ("r.created_at >= $since", "since", since),
             ("r.created_at < $until", "until", until),
@@ -225,10 +344,12 @@ class ReviewQueries:
               generation_job: int | None = None, min_intended: float | None = None,
               max_intended: float | None = None, min_nearest: float | None = None, max_nearest: float | None = None,
               dup_group: int | None = None, near_copy: bool | None = None, reviewer: str | None = None,
-              undecided_by_me: bool = False, sort: str = "oldest", limit: int = 48,
-              offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+              undecided_by_me: bool = False, sort: str = "oldest", limit: int = 48, offset: int = 0,
+              blind: bool = False) -> tuple[int, list[dict[str, Any]]]:
         """Synthetic images with their review state, scores and `me`'s own decision, filtered and sorted.
-        `undecided_by_me`: the reviewer's own queue. `reviewer`: images that reviewer has a live decision on."""
+        `undecided_by_me`: the reviewer's own queue. `reviewer`: images that reviewer has a live decision on.
+        `blind`: `me` reads blind, so the state others made (status, counts, reviewers) is withheld on images `me`
+        has not decided, and filters by status or by another reviewer match only images `me` has decided."""
         if sort not in SORTS:
             raise ReviewProblem(f"sort {sort!r}: choose one of {', '.join(SORTS)}")
         accepts = self.accepts_needed()
@@ -244,8 +365,10 @@ class ReviewQueries:
             ("list_contains(coalesce(p.reviewers, []), $reviewer)", "reviewer", reviewer),
             ("coalesce(sc.near_copy, 0) = $near_copy", "near_copy", None if near_copy is None else float(near_copy)),
             ("mine.decision IS NULL", None, True if undecided_by_me else None),
+            ("mine.decision IS NOT NULL", None,
+             True if blind and (status is not None or reviewer not in (None, me)) else None),
         )
-        params |= {"accepts": accepts, "me": me or "", "limit": limit, "offset": offset}
+        params |= {"accepts": accepts, "me": me or "", "limit": limit, "offset": offset, "blind": blind}
         sql = QUEUE_SQL.format(where=where, order=SORTS[sort])
         cur = self.db.cursor()
         rows = cur.execute(sql, params).fetchall()
@@ -255,6 +378,13 @@ class ReviewQueries:
             first = cur.execute(sql, {**params, "limit": 1, "offset": 0}).fetchone() if offset else None
             total = first[-1] if first else 0
         return total, [dict(zip(QUEUE_COLUMNS, r[:-1], strict=True)) for r in rows]
+
+    def left_for(self, me: str) -> dict[str, int]:
+        """Per class, the synthetic images `me` has not decided: what is left in their queue."""
+        rows = self.db.cursor().execute(
+            f"SELECT i.label, count(*) FILTER (mine.decision IS NULL) FROM images i LEFT JOIN ({LIVE_SQL}) mine "
+            "ON mine.image_id = i.id AND mine.reviewer = ? WHERE i.source = 'synthetic' GROUP BY 1", [me]).fetchall()
+        return dict(rows)
 
     # -- agreement ----------------------------------------------------------------------------------------------
     def live_decisions(self) -> list[tuple[str, str, str, str]]:

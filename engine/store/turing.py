@@ -122,14 +122,12 @@ def summarise(rows: list[dict[str, Any]], classes: Sequence[str]) -> dict[str, A
 
     readers = sorted({r["reviewer"] for r in rows})
     as_decisions = [(r["item_key"], r["label"], r["reviewer"], r["says"]) for r in rows]
-    overall_agreement = review_agreement([(k, "overall", who, says) for k, _, who, says in as_decisions],
-                                         ["overall"], SAYS)
     return {
         "readers": readers,
         "overall": answer_stats(rows),
         "per_class": {c: answer_stats([r for r in rows if r["label"] == c]) for c in classes},
         "per_reviewer": {who: answer_stats([r for r in rows if r["reviewer"] == who]) for who in readers},
-        "agreement": overall_agreement | review_agreement(as_decisions, classes, SAYS),
+        "agreement": review_agreement(as_decisions, classes, SAYS, overall="overall"),
         "fooled": fooled_images(rows),
         "fooled_rule": FOOLED_RULE,
     }

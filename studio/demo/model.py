@@ -194,6 +194,7 @@ class ServedModel:
             f"- **Evaluation** on {evaluation.get('n', '?')} images, {evaluation.get('split', 'test')}: "
             f"macro-F1 **{evaluation['macro_f1']:.3f}**, balanced accuracy **{evaluation['balanced_accuracy']:.3f}**, "
             f"accuracy **{evaluation['accuracy']:.3f}**",
+            *external_lines(evaluation),
             f"- **Cost**: {cost.get('params', 0) / 1e6:.2f} M parameters, {cost.get('flops', 0) / 1e9:.3f} GFLOPs, "
             f"{cost.get('latency_ms', float('nan')):.1f} ms batch-1 eager latency when evaluated",
             "",
@@ -204,6 +205,19 @@ class ServedModel:
             lines.append(f"| {CLASS_NAMES.get(code, code)} ({code}) | {row['precision']:.3f} | {row['recall']:.3f} "
                          f"| {row['f1']:.3f} | {row['support']} |")
         return "\n".join(lines)
+
+
+def external_lines(evaluation: dict) -> list[str]:
+    """The card's line for an evaluation on outside images (`dermae train --external`), with the drop from the
+    in-distribution figure; none when the model was not evaluated on any."""
+    outside = evaluation.get("external_evaluation")
+    if not outside or outside.get("macro_f1") is None:
+        return []
+    drop = evaluation["macro_f1"] - outside["macro_f1"]
+    return [f"- **External evaluation** on {outside.get('n', '?')} images, {outside.get('split', 'outside images')}: "
+            f"macro-F1 **{outside['macro_f1']:.3f}** ({'a drop' if drop >= 0 else 'a gain'} of {abs(drop):.3f} "
+            f"from the test split), balanced accuracy **{outside['balanced_accuracy']:.3f}**, "
+            f"accuracy **{outside['accuracy']:.3f}**"]
 
 
 def framing_text(framing: dict | None, size: int) -> str:

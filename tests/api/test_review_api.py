@@ -140,3 +140,30 @@ def test_a_decision_whose_answer_was_lost_is_retried_and_recorded_once(server):
     first = httpx.post(f"{server.url}/reviews", json=body, headers={"Authorization": token}).json()
     second = httpx.post(f"{server.url}/reviews", json=body, headers={"Authorization": token})
     assert second.status_code == 201 and second.json() == first
+
+
+def test_reading_is_blind_for_reviewers_not_for_admins_and_the_policy_change_is_on_record(server):
+    ann, bob, ada = server.signed_in("ann"), server.signed_in("bob"), server.signed_in("ada")
+    assert ann.review_policy().blind  # the default
+    image = server.ids["vasc"][0]
+    ann.decide([image], "reject", ["artifact"])
+    seen_by_bob = next(i for i in bob.review_queue(label="vasc", limit=100).items if i.id == image)
+    assert seen_by_bob.blinded and seen_by_bob.status is None and seen_by_bob.reviewers is None
+    assert image not in {i.id for i in bob.review_queue(label="vasc", status="rejected", limit=100).items}
+    assert all(e.image_id != image for e in bob.review_history(limit=1000).items)
+    seen_by_ada = next(i for i in ada.review_queue(label="vasc", limit=100).items if i.id == image)
+    assert not seen_by_ada.blinded and seen_by_ada.status == "rejected" and seen_by_ada.reviewers == ["ann"]
+    bob.decide([image], "accept")
+    after = next(i for i in bob.review_queue(label="vasc", limit=100).items if i.id == image)
+    assert not after.blinded and after.reviewers == ["ann", "bob"] and after.status == "rejected"
+
+    assert not ada.set_review_policy(blind=False).blind
+    other = server.ids["vasc"][1]
+    ann.decide([other], "accept")
+    assert next(i for i in bob.review_queue(label="vasc", limit=100).items if i.id == other).reviewers == ["ann"]
+    assert ada.set_review_policy(blind=True).blind
+    trail = ada.review_policy_history()
+    assert [(p.changed_by, p.blind) for p in trail[:2]] == [("ada", True), ("ada", False)]
+    with pytest.raises(ApiError) as e:
+        ann.set_review_policy(blind=False)
+    assert e.value.status_code == 403

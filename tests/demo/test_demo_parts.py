@@ -120,3 +120,14 @@ def test_the_demo_frames_an_upload_as_the_model_was_trained(tmp_path, crop):
     card = model.model_card()
     assert ("the whole frame squashed to a square through 28×28 px" in card) is (crop == "whole-frame")
     assert ("the centre square of each frame, resized to 32 px" in card) is (crop == "centre-square")
+
+
+def test_the_model_card_shows_the_external_evaluation_beside_the_test_split_with_the_drop():
+    from studio.demo.model import external_lines
+
+    evaluation = {"macro_f1": 0.55, "balanced_accuracy": 0.6, "accuracy": 0.7}
+    assert external_lines(evaluation) == []  # never evaluated outside: no line, no invented figure
+    evaluation["external_evaluation"] = {"n": 70, "split": "external: isic clinic-b (b1, 70 images)",
+                                         "macro_f1": 0.48, "balanced_accuracy": 0.52, "accuracy": 0.66}
+    (line,) = external_lines(evaluation)
+    assert "70 images, external: isic clinic-b" in line and "**0.480** (a drop of 0.070 from the test split)" in line

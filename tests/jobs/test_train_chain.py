@@ -95,6 +95,9 @@ def test_the_export_matches_pytorch_and_is_registered_with_its_evaluation(traine
     assert export["evaluated"] and max(export["max_abs_diff"].values()) < 1e-3
     (model,) = client.models()
     assert model.id == export["model_id"] and model.evaluation["arm"].startswith("efficientnet_b0")
+    outside = jobs["real_kd.efficientnet_b0.external"].result  # the card shows the drop on outside images
+    assert model.evaluation["external_evaluation"]["macro_f1"] == outside["macro_f1"]
+    assert model.evaluation["macro_f1"] == jobs["real_kd.efficientnet_b0.eval"].result["macro_f1"]
     ws = server.settings.workspace
     x = torch.rand(2, 3, model.image_size, model.image_size) * 2 - 1
     scripted = torch.jit.load(str(ws / model.torchscript_path))(x).detach().numpy()

@@ -14,10 +14,13 @@ REPO = Path(__file__).resolve().parents[2]
 APPEND_ONLY = ("reviews", "review_requests", "review_policy", "turing_answers")
 CHANGES = (r"(UPDATE|DELETE\s+FROM|TRUNCATE(\s+TABLE)?|DROP\s+TABLE(\s+IF\s+EXISTS)?|ALTER\s+TABLE"
            r"|INSERT\s+OR\s+REPLACE\s+INTO)")
+# A migration may add a nullable column (existing rows read NULL, nothing in them changes); any other ALTER —
+# dropping, retyping or defaulting a column — could rewrite what was recorded.
+HARMLESS = r"(?!\s+ADD\s+COLUMN\s+\w+\s+\w+\s*;)"
 
 
 def statements_changing(table: str, source: str) -> list[str]:
-    pattern = re.compile(rf"\b{CHANGES}\s+{table}\b", re.IGNORECASE)
+    pattern = re.compile(rf"\b{CHANGES}\s+{table}\b{HARMLESS}", re.IGNORECASE)
     upserts = re.compile(rf"INSERT\s+INTO\s+{table}\b[^;]*?ON\s+CONFLICT[^;]*?DO\s+UPDATE", re.IGNORECASE | re.DOTALL)
     return [m.group(0) for m in pattern.finditer(source)] + [m.group(0)[:60] for m in upserts.finditer(source)]
 
@@ -43,3 +46,10 @@ def test_the_check_would_catch_a_change():
     for sql in ("INSERT INTO reviews BY NAME SELECT * FROM new_reviews", "SELECT * FROM reviews",
                 "UPDATE reviews_view_cache SET x = 1"):
         assert not statements_changing("reviews", sql), sql
+
+
+def test_the_check_catches_alters_that_rewrite_rows_and_lets_a_nullable_new_column_through():
+    changing = ["ALTER TABLE reviews DROP COLUMN note;", "ALTER TABLE reviews ALTER COLUMN note TYPE INTEGER;",
+                "ALTER TABLE reviews ADD COLUMN weight DOUBLE DEFAULT 1;", "UPDATE reviews SET note = '';"]
+    assert all(statements_changing("reviews", sql) for sql in changing)
+    assert statements_changing("reviews", "ALTER TABLE reviews ADD COLUMN weight DOUBLE;") == []

@@ -100,13 +100,13 @@ def test_the_policy_needs_k_accepts_and_no_reject(store):
     store.reviews.decide([sid(10)], "bob", "accept")
     store.reviews.decide([sid(11)], "bob", "reject", ["wrong_class_features"])
     assert store.reviews.accepts_needed() == 1
-    store.reviews.set_accepts_needed(2, "admin")
+    store.reviews.set_policy("admin", accepts_needed=2)
     statuses = {r["id"]: r["status"] for r in store.reviews.queue(label="df", limit=100)[1]}
     assert statuses[sid(10)] == "accepted" and statuses[sid(11)] == "rejected"
-    store.reviews.set_accepts_needed(3, "admin")
+    store.reviews.set_policy("admin", accepts_needed=3)
     assert store.reviews.queue(status="accepted")[0] == 0
     with pytest.raises(ReviewProblem):
-        store.reviews.set_accepts_needed(0, "admin")
+        store.reviews.set_policy("admin", accepts_needed=0)
 
 
 def test_the_queue_filters_sorts_and_pages(store):
@@ -157,3 +157,90 @@ def test_accounts_hash_passwords_and_sessions_expire(store):
     assert store.users.session_user(token) is None
     expired, _ = store.users.start_session(user, ttl=timedelta(seconds=-1))
     assert store.users.session_user(expired) is None
+
+
+def test_decisions_that_arrive_together_share_one_commit_and_each_stands_or_fails_alone(store):
+    """Group commit: 40 requests from 8 threads at once, two of them bad (an unknown image, a real image) and one
+    a retry of another's request id in the same group. Every good request is recorded whole and answered with its
+    own events; the bad ones fail with their own message and take nothing else down; the retry records nothing."""
+    import threading
+
+    from engine.store.reviews import ReviewQueries
+
+    commits = []
+    real_commit = ReviewQueries._commit_group
+    gate = threading.Barrier(8)
+
+    def counting(self, group):
+        commits.append(len(group))
+        return real_commit(self, group)
+
+    requests = [([sid(10 + i % 6)], f"r{i % 8}", f"q{i}") for i in range(38)]
+    requests += [([sid(10), sid(999)], "r0", "bad-unknown"), ([sid(1)], "r1", "bad-real")]
+    answers, errors = {}, {}
+
+    def send(chunk):
+        gate.wait()
+        for ids, who, rid in chunk:
+            try:
+                answers[rid] = store.reviews.decide(ids, who, "accept", request_id=rid)
+            except ReviewProblem as e:
+                errors[rid] = str(e)
+            if rid == "q3":  # the same request again, while others are still queued: one record
+                answers["q3-again"] = store.reviews.decide(ids, who, "accept", request_id=rid)
+
+    ReviewQueries._commit_group = counting
+    try:
+        threads = [threading.Thread(target=send, args=(requests[k::8],)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        ReviewQueries._commit_group = real_commit
+    assert set(errors) == {"bad-unknown", "bad-real"}
+    assert "unknown image id" in errors["bad-unknown"] and "are real" in errors["bad-real"]
+    assert len(answers) == 39 and all(len(events) == 1 for events in answers.values())
+    assert answers["q3-again"] == answers["q3"]
+    assert all(events == store.reviews.events([e["seq"] for e in events]) for events in answers.values())  # as stored
+    recorded = reviews_table(store)
+    assert len(recorded) == 38 and {sid(999), sid(1)}.isdisjoint(r[1] for r in recorded)
+    assert sorted(e["seq"] for rid, ev in answers.items() if rid != "q3-again" for e in ev) == [r[0] for r in recorded]
+    assert sum(commits) == 41 and len(commits) < 41  # some requests shared a commit
+
+
+def test_one_commit_per_request_when_group_commit_is_off(tmp_path):
+    store = Store(tmp_path / "one" / "dermae.duckdb", review_group_commit=1)
+    store.images.add_rows([image_row(10 + i, "df", "synthetic", None, job=7) for i in range(3)])
+    assert [len(store.reviews.decide([sid(10 + i)], "ann", "accept")) for i in range(3)] == [1, 1, 1]
+    store.close()
+
+
+def test_blind_reading_hides_others_decisions_until_i_have_decided(store):
+    store.reviews.decide([sid(10), sid(11)], "ann", "accept")
+    store.reviews.decide([sid(12)], "ann", "reject", ["artifact"])
+    _, rows = store.reviews.queue(me="bob", label="df", blind=True)
+    by_id = {r["id"]: r for r in rows}
+    assert all(r["blinded"] and r["status"] is None and r["accepts"] is None and r["reviewers"] is None
+               for r in rows)
+    assert store.reviews.queue(me="bob", status="accepted", blind=True)[0] == 0  # a status filter tells nothing
+    assert store.reviews.queue(me="bob", reviewer="ann", blind=True)[0] == 0
+    assert store.reviews.history(blind_for="bob")[0] == 0
+    store.reviews.decide([sid(10)], "bob", "reject", ["artifact"])
+    _, rows = store.reviews.queue(me="bob", label="df", blind=True)
+    by_id = {r["id"]: r for r in rows}
+    assert not by_id[sid(10)]["blinded"] and by_id[sid(10)]["reviewers"] == ["ann", "bob"]
+    assert by_id[sid(11)]["blinded"]  # still undecided by bob
+    assert [e["reviewer"] for e in store.reviews.history(blind_for="bob")[1]] == ["bob", "ann"]
+    _, open_rows = store.reviews.queue(me="bob", label="df")  # not blind (e.g. an admin): everything
+    assert {r["id"]: r["status"] for r in open_rows}[sid(11)] == "accepted"
+
+
+def test_the_policy_is_blind_by_default_and_every_change_is_kept_with_who_made_it(store):
+    assert store.reviews.policy() | {"changed_at": None} == {"accepts_needed": 1, "blind": True, "changed_by": None,
+                                                              "changed_at": None}
+    store.reviews.set_policy("ada", accepts_needed=2)
+    store.reviews.set_policy("eve", blind=False)
+    assert (store.reviews.policy()["accepts_needed"], store.reviews.policy()["blind"]) == (2, False)
+    trail = [(p["changed_by"], p["accepts_needed"], p["blind"]) for p in store.reviews.policy_history()]
+    assert trail == [("eve", 2, False), ("ada", 2, True)]

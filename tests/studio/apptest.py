@@ -19,3 +19,8 @@ def signed_in(name: str, page: str, password: str | None = None) -> AppTest:
     at.switch_page(page).run()
     assert not at.exception, at.exception
     return at
+
+
+def table_with(at: AppTest, column: str):
+    """The first dataframe on the page that has `column` (a pandas DataFrame)."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)

@@ -6,13 +6,14 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.processes import review_server
-from tests.studio.apptest import APP
+from tests.studio.apptest import APP, table_with
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     server = review_server(tmp_path_factory.mktemp("studio") / "ws",
-                           {"ann": "reviewer", "ada": "admin", "vic": "viewer"})
+                           {"ann": "reviewer", "bob": "reviewer", "ada": "admin", "vic": "viewer"},
+                           {"df": 12, "vasc": 6, "bcc": 3, "bkl": 4})
     yield server
     server.stop()
 
@@ -80,15 +81,84 @@ def test_review_accept_reject_with_reasons_and_undo_are_the_signed_in_users(serv
     events = server.client().review_history(image_id=first[0].id).items
     assert [(e.reviewer, e.decision) for e in events] == [("ann", "accept")]
     at.button(key="review_reject").click().run()
-    assert any("reason" in e.value for e in at.error)  # a rejection needs a reason; nothing recorded
+    assert any("Choose a reason first" in w.value for w in at.warning)  # X with no reason asks for one
     assert server.client().review_history(image_id=first[1].id).total == 0
-    at.pills(key="review_reasons").set_value(["artifact"]).run()
+    at.button(key="review_reason_artifact").click().run()  # key 3
+    assert at.session_state["review_chosen"] == ["artifact"]
+    assert at.button(key="review_reason_artifact").proto.type == "primary"  # the chosen reason shows as chosen
     at.button(key="review_reject").click().run()
     [rejected] = server.client().review_history(image_id=first[1].id).items
     assert rejected.reviewer == "ann" and rejected.reasons == ["artifact"]
+    assert at.session_state["review_chosen"] == []  # cleared: the next X cannot reuse it silently
+    assert at.button(key="review_reason_artifact").proto.type == "secondary"
+    at.button(key="review_reject").click().run()
+    assert any("Choose a reason first" in w.value for w in at.warning)
+    assert server.client().review_history(image_id=first[2].id).total == 0
     at.button(key="review_undo_button").click().run()
     history = server.client().review_history(image_id=first[1].id).items
     assert history[0].decision == "undo" and history[0].undoes == rejected.seq
+
+
+def test_every_action_has_its_key_and_the_reasons_are_numbered_on_their_buttons(server, app):
+    at = app("ann", "pages/review.py")
+    keys = {name: at.button(key=f"review_{name}").proto.shortcut
+            for name in ("accept", "reject", "next", "undo_button")}
+    assert keys == {"accept": "a", "reject": "x", "next": "n", "undo_button": "u"}
+    reasons = ["unrealistic_texture", "wrong_class_features", "artifact", "duplicate", "near_copy", "other"]
+    for number, reason in enumerate(reasons, start=1):
+        button = at.button(key=f"review_reason_{reason}")
+        assert button.proto.shortcut == str(number) and button.label.startswith(f"{number} · ")
+    at.button(key="review_keys").click().run()  # "?" presses it in the browser
+    shown = " ".join(i.value for i in at.info)
+    assert "**X** — reject" in shown and "**1-6** — choose or drop a reject reason" in shown
+    at.button(key="review_keys").click().run()
+    assert not any("**X** — reject" in i.value for i in at.info)
+
+
+def test_reading_is_blind_a_second_reviewer_sees_no_first_decision_until_deciding(server, app):
+    image = server.client().review_queue(label="bcc", sort="oldest", limit=1).items[0]
+    server.signed_in("ann").decide([image.id], "reject", ["artifact"])
+    at = app("bob", "pages/review.py")
+    at.selectbox(key="review_class").select("bcc").run()
+    text = " ".join(m.value for m in at.markdown)
+    assert "Blind reading: others' decisions on this image show once you have decided it." in text
+    assert "ann" not in text and "reject" not in " ".join(c.value for c in at.caption if "judge" in c.value)
+    at.button(key="review_accept").click().run()
+    seen = next(i for i in server.signed_in("bob").review_queue(label="bcc", limit=100).items if i.id == image.id)
+    assert seen.reviewers == ["ann", "bob"]
+    at.toggle(key="review_mine").set_value(False).run()  # bob's decided image, now shown with everyone's
+    assert "status **rejected** · 1 accept, 1 reject · ann, bob" in " ".join(m.value for m in at.markdown)
+
+
+def test_a_bulk_decision_names_its_count_and_waits_for_a_confirmation(server, app):
+    at = app("ann", "pages/review.py")
+    at.selectbox(key="review_class").select("bkl").run()
+    queue = server.client().review_queue(label="bkl", sort="oldest", limit=3).items
+    at.button(key="review_select_all").click().run()
+    at.button(key="review_reason_duplicate").click().run()
+    at.button(key="review_reject").click().run()
+    assert any(f"Reject **{len(at.session_state['review_confirm']['targets'])}** selected images because "
+               "duplicate?" in w.value for w in at.warning)
+    assert server.client().review_history(label="bkl").total == 0  # nothing until confirmed
+    at.button(key="review_confirm_no").click().run()
+    assert server.client().review_history(label="bkl").total == 0 and at.session_state["review_confirm"] is None
+    at.button(key="review_reject").click().run()
+    count = len(at.session_state["review_confirm"]["targets"])
+    assert count >= len(queue) and at.button(key="review_confirm_yes").label == f"Yes, reject {count}"
+    at.button(key="review_confirm_yes").click().run()
+    events = server.client().review_history(label="bkl", limit=500).items
+    assert len(events) == count and {e.reasons[0] for e in events} == {"duplicate"}
+    assert at.session_state["review_chosen"] == []
+
+
+def test_the_page_says_how_many_are_left_and_where_the_next_work_is(server, app):
+    at = app("vic", "pages/review.py")
+    at.selectbox(key="review_class").select("akiec").run()
+    left = server.signed_in("vic").review_progress()
+    after = ["bcc", "bkl", "df", "mel", "nv", "vasc"]
+    following = next(c for c in after if left[c])
+    assert f"**{left['akiec']}** left in your akiec queue · next class with work: **{following}** " \
+           f"({left[following]} left)" in at.markdown[0].value
 
 
 def test_the_image_being_read_leads_with_the_judges_verdict_and_the_selectors_sits_below(server, app):
@@ -124,6 +194,8 @@ def test_review_bulk_selection_and_paging_keep_their_place(server, app):
         at.checkbox(key=f"select_{item.id}").check()
     at.run()
     at.button(key="review_accept").click().run()
+    assert at.button(key="review_confirm_yes").label == "Yes, accept 2"
+    at.button(key="review_confirm_yes").click().run()
     decided = {e.image_id for e in server.client().review_history(label="vasc", reviewer="ann").items}
     assert decided == {queue[0].id, queue[1].id}
 
@@ -139,10 +211,17 @@ def test_agreement_page_lets_an_admin_set_the_policy(server, app):
     at.number_input(key="policy_k").set_value(2)
     next(b for b in at.button if b.label == "Set policy").click().run()
     assert server.client().review_policy().accepts_needed == 2
-    assert "**2** accept(s)" in at.markdown[0].value
-    server.client().set_review_policy(1)
-    agreement = at.dataframe[1].value
-    assert agreement["class"].tolist() == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    assert "**2** accept(s)" in at.markdown[0].value and "Reading is **blind**" in at.markdown[0].value
+    at.toggle(key="policy_blind").set_value(False)
+    next(b for b in at.button if b.label == "Set policy").click().run()
+    assert not server.client().review_policy().blind and "Reading is **open**" in at.markdown[0].value
+    trail = table_with(at, "reading")  # the policy's changes, newest first, with who made them
+    assert trail["by"].tolist()[:2] == ["ada", "ada"] and trail["reading"].tolist()[:2] == ["open", "blind"]
+    server.client().set_review_policy(1, blind=True)
+    agreement = table_with(at, "kappa [95% CI]")
+    assert agreement["scope"].tolist()[0] == "all classes" and len(agreement) == 8
+    mel = agreement[agreement["scope"] == "mel"].iloc[0]
+    assert mel["kappa [95% CI]"] == "no image read by two reviewers yet" and mel["agree"] == "–"  # never "None"
 
 
 def test_history_lists_every_event_newest_first(server, app):
