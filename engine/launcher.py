@@ -62,6 +62,7 @@ class Launcher:
         proc = self.start("studio", [
             sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host, "--server.port", str(port),
             "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            "--client.toolbarMode", "minimal",  # no Deploy menu: this is a clinic's tool, not a Streamlit demo
         ], env={"DERMAE_API_URL": api})
         url = f"http://{host}:{port}"
         _wait_until_ready(proc, "the studio", lambda: httpx.get(f"{url}/_stcore/health", timeout=2).text == "ok",

@@ -55,6 +55,20 @@ def curated_label(version: DatasetVersion) -> str:
     return f"{synthetic_in(version)} {chosen_by.get(version.policy.get('selection'), 'human-curated')} synthetic"
 
 
+def curation_badge(version: DatasetVersion) -> str:
+    """Who chose a version's synthetic images, in words a reader of a figure needs: human-reviewed (under which
+    policy), frozen from scores (with which threshold), or everything generated; or that it has none."""
+    policy = version.policy
+    if not synthetic_in(version):
+        return "real only: no synthetic image"
+    if policy.get("selection") == "scores":
+        threshold = policy.get("min_intended_prob", 0.5)
+        return f"frozen from scores (selector's intended-class probability ≥ {threshold:g}), not human-reviewed"
+    if policy.get("selection") == "all":
+        return "uncurated: everything generated, drawn before any review"
+    return f"human-reviewed ({policy.get('accepts_needed', 1)} accept(s) and no reject per image)"
+
+
 def run_arms(profile: Profile, version: DatasetVersion, uncurated: DatasetVersion | None = None
              ) -> dict[str, tuple[DatasetVersion, dict[str, bool], str]]:
     """{arm: (the version it trains on, distill flags, label)} of a train run: the profile's arms where the data

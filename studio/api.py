@@ -3,6 +3,7 @@ shown as messages that say what to do. The studio holds nothing persistent; ever
 
 from __future__ import annotations
 
+import base64
 import io
 import threading
 from collections import OrderedDict
@@ -95,6 +96,19 @@ def prefetch_thumbnails(signed_in: Client, image_ids: list[str]) -> None:
             kept.update(fetched)
             while len(kept) > THUMBNAILS_KEPT:
                 kept.popitem(last=False)
+
+
+def thumbnail_uri(signed_in: Client, image_id: str) -> str:
+    """A data: URI of an image's thumbnail, for an image column of a table (fetched if not held yet)."""
+    kept, lock = _thumbnails()
+    with lock:
+        data = kept.get(image_id)
+    if data is None:
+        prefetch_thumbnails(signed_in, [image_id])
+        with lock:
+            data = kept.get(image_id, b"")
+    kind = "png" if data.startswith(b"\x89PNG") else "jpeg" if data.startswith(b"\xff\xd8") else "webp"
+    return f"data:image/{kind};base64,{base64.b64encode(data).decode()}"
 
 
 @st.cache_data(max_entries=5_000, show_spinner=False)

@@ -13,7 +13,10 @@ import streamlit as st
 from engine.settings import exposure_problem
 from studio import api
 
-st.set_page_config(page_title="DerMAE Studio", page_icon="🔬", layout="wide")
+# Navigation on top and the sidebar (who is signed in, sign out) folded away: the Review page's reading station
+# needs the full width — at 1280 px a sidebar leaves no room for a 384 px lesion beside its nearest real image.
+st.set_page_config(page_title="DerMAE Studio", page_icon="🔬", layout="wide", initial_sidebar_state="collapsed")
+st.html("<style>[data-testid='stMainBlockContainer'] {padding-top: 3.5rem; padding-bottom: 2rem}</style>")
 
 # Started by hand on another address, the studio serves nothing unless a token was set on purpose, as the engine
 # and `dermae up` demand. (`dermae up` and the repository's .streamlit/config.toml set 127.0.0.1.)
@@ -41,5 +44,5 @@ else:
         st.Page("pages/runs.py", title="Runs & models", icon=":material/insights:"),
         st.Page("pages/datasets.py", title="Datasets", icon=":material/dataset:"),
         st.Page("pages/jobs.py", title="Jobs", icon=":material/play_circle:"),
-    ])
+    ], position="top")
 page.run()

@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine.data.labels import CLASSES
+from engine.pipelines import curation_badge
 from engine.schemas import DatasetVersion
 from studio import api
 
@@ -52,10 +53,13 @@ def totals(version: DatasetVersion, source: str) -> int:
 
 st.subheader("Versions")
 st.dataframe([{"version": v.id, "created (UTC)": v.created_at.strftime("%Y-%m-%d %H:%M"), "real": totals(v, "real"),
-               "synthetic": totals(v, "synthetic"), "selection": v.policy.get("selection"), "note": v.note or ""}
+               "synthetic": totals(v, "synthetic"), "curation": curation_badge(v), "note": v.note or ""}
               for v in versions], hide_index=True, width="stretch")
 chosen = st.selectbox("Version", [v.id for v in versions], key="datasets_version")
 version = next(v for v in versions if v.id == chosen)
+badge = curation_badge(version)
+st.badge(badge, color="green" if badge.startswith("human-reviewed") else "gray" if badge.startswith("real only")
+         else "orange", icon=":material/verified:" if badge.startswith("human-reviewed") else None)
 
 real_train = version.counts.get("real", {}).get("train", {})
 synthetic = version.counts.get("synthetic", {}).get("train", {})

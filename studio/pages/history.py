@@ -9,6 +9,7 @@ import streamlit as st
 
 from engine.data.labels import CLASSES
 from studio import api
+from studio.reasons import reasons_text
 
 PAGE = 100
 
@@ -30,9 +31,14 @@ history = api.call(client.review_history, reviewer=reviewer, label=label,
                    limit=PAGE, offset=(page_number - 1) * PAGE)
 if history is not None:
     st.caption(f"{history.total} events · newest first")
+    api.call(api.prefetch_thumbnails, client, [e.image_id for e in history.items])
     st.dataframe([{
-        "#": e.seq, "when (UTC)": e.created_at.strftime("%Y-%m-%d %H:%M:%S"), "reviewer": e.reviewer,
+        "#": e.seq, "image": api.thumbnail_uri(client, e.image_id), "when (UTC)": e.created_at.strftime(
+            "%Y-%m-%d %H:%M:%S"), "reviewer": e.reviewer,
         "class": e.label, "decision": e.decision if e.decision != "undo" else f"undo of #{e.undoes}",
-        "reasons": ", ".join(e.reasons), "note": e.note or "",
-        "taken back": f"by #{e.undone_by}" if e.undone_by else "", "image": e.image_id[:12],
-    } for e in history.items], hide_index=True, width="stretch")
+        "reasons": reasons_text(e.reasons), "note": e.note or "",
+        "taken back": f"by #{e.undone_by}" if e.undone_by else "", "id": e.image_id[:12],
+    } for e in history.items], hide_index=True, width="stretch", row_height=56,
+        column_config={"image": st.column_config.ImageColumn("image", width="small"),
+                       "reasons": st.column_config.TextColumn("reasons", width="medium"),
+                       "note": st.column_config.TextColumn("note", width="medium")})

@@ -3,7 +3,6 @@ defaults; follow every job live (a pipeline's chain shown as one); read logs; ca
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 
@@ -13,6 +12,7 @@ from engine.pipelines import freeze_uncurated_twin, generator_chain, synthetic_i
 from engine.profiles import DEFAULT_PROFILE, PROFILES, load_profile
 from engine.schemas import TERMINAL_STATES, JobInfo, PipelineStep, PipelineSubmit
 from studio import api
+from studio.params_form import params_form
 
 STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/play_circle:",
                "cancelling": ":material/stop_circle:", "succeeded": ":material/check_circle:",
@@ -24,20 +24,33 @@ client = api.client()
 may_start = api.can_decide()
 
 
+@st.cache_data(ttl=600, show_spinner=False)
+def kind_schemas(_client) -> dict[str, dict]:
+    """{job kind: JSON schema of its parameters}, as the engine publishes them (GET /job-kinds)."""
+    return {k.name: k.params_schema for k in _client.job_kinds()}
+
+
 def step_editor(pipeline: PipelineSubmit, key: str) -> PipelineSubmit | None:
-    """Each step's parameters as JSON, pre-filled with the profile's values; None while one does not parse."""
-    steps = []
-    for step in pipeline.steps:
-        waits = f" (after {', '.join(step.after_keys)})" if step.after_keys else ""
-        text = st.text_area(f"{step.key} · {step.kind}{waits}", json.dumps(step.params, indent=1),
-                            height=110, key=f"{key}_{pipeline.name}_{step.key}")
-        try:
-            params = json.loads(text)
-        except json.JSONDecodeError as e:
-            st.error(f"{step.key}: not valid JSON ({e})")
-            return None
-        steps.append(PipelineStep(key=step.key, kind=step.kind, params=params, after_keys=step.after_keys))
-    return PipelineSubmit(name=pipeline.name, steps=steps)
+    """The chain's steps, one at a time, as typed fields pre-filled with the profile's values; what was changed is
+    kept while another step is shown. None while a field does not parse."""
+    schemas = api.call(kind_schemas, client) or {}
+    # edits belong to this chain as the profile and version made it: another profile or version starts afresh
+    edits = st.session_state.setdefault(f"{key}_edits_{hash(pipeline.model_dump_json())}", {})
+    steps = {step.key: step for step in pipeline.steps}
+    which = st.selectbox("Adjust a step", list(steps), key=f"{key}_step", format_func=lambda k: (
+        f"{k} · {steps[k].kind}" + (f" (after {', '.join(steps[k].after_keys)})" if steps[k].after_keys else "")
+        + (" · changed" if k in edits and edits[k] != steps[k].params else "")))
+    step = steps[which]
+    if step.kind not in schemas:
+        st.error(f"the engine does not know job kind {step.kind!r}")
+        return None
+    edits[which], problems = params_form(schemas[step.kind], edits.get(which, step.params),
+                                         key=f"{key}_{pipeline.name}_{which}")
+    for problem in problems:
+        st.error(f"{which}: {problem}")
+    return None if problems else PipelineSubmit(name=pipeline.name, steps=[
+        PipelineStep(key=s.key, kind=s.kind, params=edits.get(s.key, s.params), after_keys=s.after_keys)
+        for s in pipeline.steps])
 
 
 def submit(pipeline: PipelineSubmit | None) -> None:
@@ -166,8 +179,11 @@ st.subheader("One job")
 recent = api.call(client.jobs, limit=200)
 if recent is None or not recent.items:
     st.stop()
-job_id = st.selectbox("Job", [j.id for j in recent.items], key="jobs_selected",
+job_id = st.selectbox("Job", [j.id for j in recent.items], key="jobs_selected", index=None,
+                      placeholder="Choose a job to see its log, events and result, and to cancel or retry it",
                       format_func=lambda i: job_line(next(j for j in recent.items if j.id == i), icon=False))
+if job_id is None:
+    st.stop()
 job = api.call(client.job, job_id)
 if job is None:
     st.stop()

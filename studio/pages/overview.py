@@ -12,6 +12,22 @@ from engine.data.labels import CLASSES
 from engine.data.planner import TargetRule, class_targets, plan_quotas
 from studio import api, fidelity
 
+LOG_TICKS = [1, 3, 10, 30, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000]
+
+
+def generation_estimate(client, images: int) -> str:
+    """About how long generating `images` takes, from the newest finished generate job's speed (candidates
+    made per second, oversampling included); unknown before the first."""
+    done = api.call(client.jobs, kind="generate", state="succeeded", limit=1)
+    job = done.items[0] if done and done.items else None
+    result = job.result if job and isinstance(job.result, dict) else {}
+    if not (job and job.started_at and job.finished_at and result.get("generated") and result.get("candidates")):
+        return "how long it takes shows after a first generation has run"
+    seconds = (job.finished_at - job.started_at).total_seconds() * images / result["generated"]
+    return f"about {seconds / 60:.0f} min at the speed of generate job {job.id} " \
+           f"({result['candidates'] / result['generated']:.1f} candidates per kept image)"
+
+
 st.title("Overview")
 client = api.client()
 stats = api.call(client.stats)
@@ -51,9 +67,11 @@ figure = go.Figure([
 ])
 figure.add_scatter(x=list(CLASSES), y=[targets[c] for c in CLASSES], mode="markers", name="target",
                    marker={"symbol": "line-ew-open", "size": 28, "color": "#3d405b", "line": {"width": 3}})
+log_scale = st.toggle("log scale", True, key="overview_log")
 figure.update_layout(barmode="stack", height=360, margin={"t": 30, "b": 10}, yaxis_title="images",
-                     title="Class balance: before (real) and after (stacked: + accepted synthetic)",
-                     yaxis_type="log" if st.toggle("log scale", True, key="overview_log") else "linear")
+                     title="Class balance: before (real) and after (stacked: + accepted synthetic)")
+if log_scale:  # plotly's default log ticks ("2 5 100 2 5") are unreadable: round numbers, with separators
+    figure.update_yaxes(type="log", tickvals=LOG_TICKS, tickformat=",d")
 st.plotly_chart(figure, width="stretch")
 
 fidelity.show_judge_report(client)
@@ -66,15 +84,25 @@ if api.can_decide():
                                                                or api.EMPTY_JOBS).items]
     if not trained and not training:
         st.info("No generator is trained yet: start one with `dermae pipeline generator` (or `make demo`).")
-    label = f"Queue generation of {needed} images for the deficit" if needed else "No class needs images"
+    label = f"Queue generation of {needed:,} images for the deficit…" if needed else "No class needs images"
     if st.button(label, disabled=needed == 0 or not (trained or training), type="primary", key="overview_generate"):
-        params = {"rule": rule, "target": int(fixed)} if rule == "fixed" else {"rule": rule}
-        after = [] if trained else [training[0].id]
-        job = api.call(client.submit_job, "generate", params, after=after)
-        if job is not None:
-            waits = f" It starts when generator job {after[0]} has finished." if after else ""
-            st.success(f"Queued generate job {job.id}; a score job follows it.{waits} Its images appear under "
-                       "Review as they are made.")
+        st.session_state.overview_confirm = needed
+    if st.session_state.get("overview_confirm"):
+        st.warning(f"Generate **{needed:,}** images ({', '.join(f'{c} {n:,}' for c, n in deficit.items() if n)})? "
+                   f"That is {generation_estimate(client, needed)}.")
+        yes, no, _ = st.columns([1, 1, 4])
+        if yes.button(f"Yes, queue {needed:,}", key="overview_generate_yes", type="primary", disabled=needed == 0):
+            st.session_state.overview_confirm = None
+            params = {"rule": rule, "target": int(fixed)} if rule == "fixed" else {"rule": rule}
+            after = [] if trained else [training[0].id]
+            job = api.call(client.submit_job, "generate", params, after=after)
+            if job is not None:
+                waits = f" It starts when generator job {after[0]} has finished." if after else ""
+                st.success(f"Queued generate job {job.id}; a score job follows it.{waits} Its images appear "
+                           "under Review as they are made.")
+        if no.button("Cancel", key="overview_generate_no"):
+            st.session_state.overview_confirm = None
+            st.rerun()
 
 st.subheader("Jobs")
 pages = [api.call(client.jobs, state=state) for state in ("running", "cancelling", "queued")]

@@ -11,10 +11,8 @@ import streamlit as st
 
 from engine.data.labels import CLASS_NAMES, CLASSES
 from studio import api
+from studio.reasons import REASONS, reasons_text
 
-REASONS = {"unrealistic_texture": "unrealistic texture", "wrong_class_features": "wrong class features",
-           "artifact": "artifact", "duplicate": "duplicate", "near_copy": "near-copy of a real image",
-           "other": "other (say what in the note)"}
 SORTS = {"oldest": "oldest first", "newest": "newest first",
          "-judge_prob": "judge: intended class most likely first", "judge_prob": "judge: least likely first",
          "-intended_prob": "selector: intended class most likely first",
@@ -58,14 +56,15 @@ state.setdefault("review_show_keys", False)
 # -- what to show ---------------------------------------------------------------------------------------------------
 heading = st.columns([1, 4], vertical_alignment="bottom")
 heading[0].header("Review", anchor=False)
-top = st.columns([2, 2, 2, 3])
+top = st.columns([2.2, 2.6, 2.2, 1.4], vertical_alignment="bottom")
 label = top[0].selectbox("Class", CLASSES, format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="review_class")
 # "all" by default: with my queue on, a second reader must see the images a first one already settled under k=1,
 # or readers never overlap and agreement has nothing to rest on
 status = top[1].segmented_control("Status", ["all", "pending", "accepted", "rejected"], default="all",
                                   key="review_status", required=True)
 sort = top[2].selectbox("Sort", list(SORTS), format_func=SORTS.get, key="review_sort")
-mine = top[3].toggle("Only images I have not decided (my queue)", value=True, key="review_mine")
+mine = top[3].toggle("My queue only", value=True, key="review_mine",
+                     help="Only the images you have not decided yet")
 
 left = api.call(client.review_progress) or {}
 after = CLASSES[CLASSES.index(label) + 1:] + CLASSES[:CLASSES.index(label)]
@@ -181,7 +180,7 @@ def toggle_reason(reason: str) -> None:
 
 
 # -- the image being read, and the action bar beside it ---------------------------------------------------------
-reading = st.columns([1.35, 1.35, 1.1])
+reading = st.columns([READING_SIDE, READING_SIDE, 330])  # the action bar keeps 330 px beside the two images
 if current is not None:
     info = api.image_info(client, current.id)
     preview = f" · ⚠ preview: made at diffusion step {current.preview_step}, before training ended" \
@@ -246,8 +245,8 @@ with reading[2]:
     confirm = state.review_confirm
     if confirm:
         count, verb = len(confirm["targets"]), confirm["decision"]
-        reasons_text = f" because {', '.join(REASONS[r] for r in confirm['reasons'])}" if confirm["reasons"] else ""
-        st.warning(f"{verb.capitalize()} **{count}** selected images{reasons_text}?")
+        because = f" because {reasons_text(confirm['reasons'])}" if confirm["reasons"] else ""
+        st.warning(f"{verb.capitalize()} **{count}** selected images{because}?")
         yes, no = st.columns(2)
         if yes.button(f"Yes, {verb} {count}", key="review_confirm_yes", type="primary", width="stretch"):
             state.review_confirm = None

@@ -84,9 +84,10 @@ with take:
     elif not open_sessions:
         st.info("No Turing test is open. An admin creates one under *Sessions & results*.")
     else:
+        # the label stays fixed (a widget's option labels are not redrawn once shown): the count sits beside it
         chosen = st.selectbox("Session", [s.id for s in open_sessions], key="turing_take_session",
-                              format_func=lambda i: f"{by_id[i].name} · you answered {by_id[i].my_answered} of "
-                                                    f"{by_id[i].n_items}")
+                              format_func=lambda i: f"#{i} {by_id[i].name} ({by_id[i].n_items} images)")
+        st.caption(f"You have answered {by_id[chosen].my_answered} of {by_id[chosen].n_items} images of this session.")
         step = api.call(client.turing_next, chosen)
         if step is not None and step.done:
             st.success(f"You have answered all {step.total} images of this session. Thank you!")

@@ -208,3 +208,31 @@ def test_with_an_external_batch_every_model_is_evaluated_twice_and_compared_with
     [row] = arm_comparison([job(1, "baseline.effnet.eval", 0.6), job(2, "baseline.effnet.external", 0.52, "imp-1")])
     assert row["job_id"] == 1 and row["external"] == "imp-1" and row["external_macro_f1"] == 0.52
     assert row["external_drop"] == pytest.approx(0.08)
+
+
+def test_a_versions_badge_says_who_chose_its_synthetic_images():
+    from engine.pipelines import curation_badge
+
+    reviewed = version({"df": 3}, "reviewed")
+    reviewed.policy["accepts_needed"] = 2
+    assert curation_badge(reviewed) == "human-reviewed (2 accept(s) and no reject per image)"
+    scored = version({"df": 3}, "scores")
+    scored.policy["min_intended_prob"] = 0.7
+    assert curation_badge(scored) == ("frozen from scores (selector's intended-class probability ≥ 0.7), "
+                                      "not human-reviewed")
+    assert curation_badge(version({"df": 3}, "all")).startswith("uncurated")
+    assert curation_badge(version({}, "scores")) == "real only: no synthetic image"
+
+
+def test_a_profile_without_distilled_arms_still_exports_its_first_student():
+    from dataclasses import replace
+
+    profile = replace(load_profile("smoke"), arms=("baseline",))
+    steps = {s.key: s for s in train_chain(profile, version({"df": 3}, "scores")).steps}
+    assert [k for k in steps if k.endswith(".export")] == ["baseline.efficientnet_b0.export"]
+
+
+def test_with_an_external_set_the_export_waits_for_the_external_evaluation_too():
+    steps = {s.key: s for s in train_chain(load_profile("smoke"), version({"df": 3}), external="b1").steps}
+    assert steps["curated.efficientnet_b0.export"].after_keys == [
+        "curated.efficientnet_b0", "curated.efficientnet_b0.eval", "curated.efficientnet_b0.external"]

@@ -110,13 +110,18 @@ def test_sign_in_review_a_class_with_the_keyboard_reject_with_a_reason_and_undo(
         page.keyboard.press("a")
         wait_until(lambda n=n: len(ann_events()) == n, timeout=30, what=f"{n} accept(s)")
         idle(page)
-    page.get_by_role("button", name="artifact", exact=True).click()
+    page.locator(".st-key-review_reason_artifact button").click()  # reason 3 by mouse
     idle(page)
-    page.get_by_role("button", name="Reject").click()
+    page.locator(".st-key-review_reject button").click()
     wait_until(lambda: len(ann_events()) == 3, timeout=30, what="the rejection")
     idle(page)
     page.get_by_role("heading", name="Review").click()
-    page.keyboard.press("x")  # X rejects the next one with the reasons still chosen
+    page.keyboard.press("x")  # the reason cleared with the decision: X asks for one, records nothing
+    page.get_by_text("Choose a reason first").wait_for()
+    assert len(ann_events()) == 3
+    page.keyboard.press("3")  # reason 3 (artifact) by keyboard, then X
+    idle(page)
+    page.keyboard.press("x")
     wait_until(lambda: len(ann_events()) == 4, timeout=30, what="the second rejection")
     idle(page)
     page.screenshot(path=SHOTS / "3-after-decisions.png", full_page=True)
@@ -193,3 +198,39 @@ def test_an_admin_runs_a_turing_session_freezes_a_version_and_trains_from_the_jo
     page.screenshot(path=SHOTS / "7-runs-and-models.png", full_page=True)
     page.get_by_role("heading", name="Arms on the real test split").wait_for()
     assert run_id in page.content()  # the run picker shows the newest run: the one just trained
+
+
+def test_at_1280x800_the_action_bar_is_in_view_and_reason_3_by_keyboard_is_recorded(studio, page):
+    """Issue 23: the action bar (accept, reject, the six reasons) stays inside the viewport without scrolling, no
+    reason is cut off, "?" shows the keys, and a rejection with reason 3 typed on the keyboard is recorded so."""
+    server, url = studio
+    api = server.client()
+    page.set_viewport_size({"width": 1280, "height": 800})
+    sign_in(page, url, "ada")
+    go_to(page, "Review", "Review")
+    choose(page, page.get_by_test_id("stSelectbox").first, "vasc · Vascular lesions")
+    idle(page)
+    page.screenshot(path=SHOTS / "8-review-1280x800.png")
+    keys = ["review_accept", "review_reject"] + [f"review_reason_{r}" for r in (
+        "unrealistic_texture", "wrong_class_features", "artifact", "duplicate", "near_copy", "other")]
+    for key in keys:
+        button = page.locator(f".st-key-{key} button")
+        box = button.bounding_box()
+        assert box and box["y"] >= 0 and box["y"] + box["height"] <= 800 and box["x"] + box["width"] <= 1280, key
+        label = button.locator("p").first
+        assert label.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), f"{key}: its label is cut off"
+    assert page.get_by_text("Deploy", exact=True).count() == 0  # no Streamlit Deploy menu
+    page.get_by_role("heading", name="Review").click()
+    page.keyboard.press("?")
+    page.get_by_text("choose or drop a reject reason").wait_for()
+    current = api.review_queue(label="vasc", sort="oldest", mine=False, limit=100).items
+    before = {e.seq for e in api.review_history(reviewer="ada").items}
+    page.get_by_role("heading", name="Review").click()
+    page.keyboard.press("3")
+    idle(page)
+    page.keyboard.press("x")
+    wait_until(lambda: len(api.review_history(reviewer="ada").items) == len(before) + 1, timeout=30,
+               what="the rejection with reason 3")
+    [event] = [e for e in api.review_history(reviewer="ada").items if e.seq not in before]
+    assert event.decision == "reject" and event.reasons == ["artifact"] and event.label == "vasc"
+    assert event.image_id in {i.id for i in current}

@@ -65,6 +65,14 @@ def test_overview_counts_per_class_and_queues_generation_for_the_deficit(server,
     at.radio(key="overview_rule").set_value("fixed").run()
     at.number_input(key="overview_target").set_value(100).run()
     at.button(key="overview_generate").click().run()
+    assert server.client().jobs(kind="generate").total == 0  # one click asks first, naming the count and time
+    needed = int(table_with(at, "still needed")["still needed"].sum())
+    assert any(f"Generate **{needed:,}** images" in w.value and "after a first generation has run" in w.value
+               for w in at.warning)
+    at.button(key="overview_generate_no").click().run()
+    assert not any("Generate **" in w.value for w in at.warning) and server.client().jobs(kind="generate").total == 0
+    at.button(key="overview_generate").click().run()
+    at.button(key="overview_generate_yes").click().run()
     assert any("Queued generate job" in s.value for s in at.success)
     job = server.client().jobs(kind="generate").items[0]
     assert job.params["rule"] == "fixed" and job.params["target"] == 100 and job.after == [ldm.id]
@@ -224,8 +232,13 @@ def test_agreement_page_lets_an_admin_set_the_policy(server, app):
     assert mel["kappa [95% CI]"] == "no image read by two reviewers yet" and mel["agree"] == "–"  # never "None"
 
 
-def test_history_lists_every_event_newest_first(server, app):
+def test_history_lists_every_event_newest_first_with_its_lesion_and_reasons_in_words(server, app):
+    ann = server.signed_in("ann")
+    ann.decide([server.ids["vasc"][-2]], "accept")
+    ann.decide([server.ids["vasc"][-1]], "reject", ["near_copy"])
     at = app("ann", "pages/history.py")
     table = at.dataframe[0].value
-    assert len(table) == server.client().review_history().total
+    assert len(table) == ann.review_history().total >= 2  # blind: the events on images ann has decided
     assert table["#"].is_monotonic_decreasing
+    assert table["image"].str.startswith("data:image/").all()  # each row shows its lesion
+    assert table.iloc[0]["reasons"] == "near-copy of a real image"  # words, not the stored key

@@ -54,6 +54,7 @@ def test_a_reader_answers_one_image_at_a_time_with_class_and_realism(server, app
     assert results.readers == ["ann"] and results.overall.n == 1 and results.overall.class_guesses == 1
     assert {results.overall.realism_real, results.overall.realism_synthetic} == {5.0, None}
     assert progress_text(at) == "2 of 4"
+    assert any("You have answered 1 of 4 images" in c.value for c in at.caption)  # the count beside the picker
     assert at.selectbox(key="turing_class").value is None  # fresh widgets for the next image
     assert at.select_slider(key="turing_realism").value == 3
     for _ in range(3):

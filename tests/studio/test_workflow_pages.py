@@ -6,7 +6,9 @@ import contextlib
 import pytest
 
 from engine.client import ApiError
+from engine.profiles import load_profile
 from tests.processes import review_server, wait_until
+from tests.studio.apptest import table_with
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +35,9 @@ def test_datasets_page_freezes_a_capped_version_and_shows_its_lineage(server, ap
     assert any(new[0].id in s.value for s in at.success)
 
     at.selectbox(key="datasets_version").set_value(new[0].id).run()
+    versions = table_with(at, "curation")
+    assert versions[versions["version"] == new[0].id]["curation"].iloc[0] == \
+        "human-reviewed (1 accept(s) and no reject per image)"
     lineage = " ".join(m.value for m in at.markdown)
     assert "review events behind its synthetic images: 2" in lineage  # the accepts of the two kept
     at.button(key="datasets_prepare").click().run()
@@ -56,6 +61,12 @@ def test_jobs_page_starts_a_train_chain_with_the_profiles_defaults(server, app, 
     at = app("ada", "pages/jobs.py")
     assert at.selectbox(key="jobs_profile").value == "smoke"  # DERMAE_PROFILE
     at.selectbox(key="jobs_train_dataset").set_value(version.id).run()
+    assert not at.text_area  # typed fields, no raw JSON
+    steps = at.number_input(key="jobs_train_train-smoke_mae__steps")
+    assert steps.value == 4  # configs/smoke.toml's value
+    steps.set_value(6).run()
+    at.selectbox(key="jobs_train_step").set_value("teacher").run()  # another step; the change is kept
+    assert at.toggle(key="jobs_train_train-smoke_teacher__mixed_precision") is not None
     at.button(key="jobs_start_train").click().run()
     assert not at.exception, at.exception
     run_id = at.session_state["jobs_started"]
@@ -64,7 +75,9 @@ def test_jobs_page_starts_a_train_chain_with_the_profiles_defaults(server, app, 
     assert {"mae", "teacher", "teacher.eval"} <= keys and any(k.startswith("baseline.") for k in keys)
     assert all(j.params.get("dataset") == version.id for j in run.jobs if j.kind in ("pretrain_mae", "distill"))
     mae = next(j for j in run.jobs if j.pipeline_key == "mae")
-    assert mae.params["steps"] == 4  # configs/smoke.toml's value, as the form showed it
+    assert mae.params["steps"] == 6  # as changed in the form
+    teacher = next(j for j in run.jobs if j.pipeline_key == "teacher")
+    assert teacher.params["steps"] == load_profile("smoke").params("finetune")["steps"]
     for job in run.jobs:  # not needed further (the browser test runs a chain to the end)
         with contextlib.suppress(ApiError):  # 409: already failed as "upstream failed" by an earlier cancel
             client.cancel_job(job.id)
@@ -90,6 +103,8 @@ def test_jobs_page_cancels_and_retries_the_selected_job(server, app):
     job = client.submit_job("selftest", {"steps": 10**6, "step_seconds": 0.05})
     wait_until(lambda: client.job(job.id).state == "running", what="the selftest job running")
     at = app("ada", "pages/jobs.py")
+    assert at.selectbox(key="jobs_selected").value is None  # no job chosen for the user
+    assert not [b for b in at.button if b.key == "jobs_cancel"]
     at.selectbox(key="jobs_selected").set_value(job.id).run()
     at.button(key="jobs_cancel").click().run()
     assert not at.exception, at.exception
