@@ -45,9 +45,15 @@ def _token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+LIVE_SESSIONS_KEPT = 10_000
+
+
 class UserQueries:
     def __init__(self, db: Database):
         self.db = db
+        # Live sessions already looked up, {token digest: (user, expires at)}: every request is authenticated, and
+        # only this process revokes a session (end_session drops it here too), so a hit needs no query.
+        self._live: dict[str, tuple[User, datetime]] = {}
 
     def add(self, name: str, password: str, role: str) -> User:
         if not USER_NAME.match(name):
@@ -91,12 +97,25 @@ class UserQueries:
 
     def session_user(self, token: str) -> User | None:
         """The signed-in user of a live (unexpired, not revoked) session token."""
+        digest, now = _token_digest(token), utc_now()
+        known = self._live.get(digest)
+        if known is not None and known[1] > now:
+            return known[0]
         row = self.db.cursor().execute(
-            "SELECT u.name, u.role, u.created_at FROM sessions s JOIN users u ON u.name = s.user_name "
-            "WHERE s.token_sha256 = ? AND NOT s.revoked AND s.expires_at > ?",
-            [_token_digest(token), utc_now()]).fetchone()
-        return User(*row) if row else None
+            "SELECT u.name, u.role, u.created_at, s.expires_at FROM sessions s JOIN users u ON u.name = s.user_name "
+            "WHERE s.token_sha256 = ? AND NOT s.revoked AND s.expires_at > ?", [digest, now]).fetchone()
+        if row is None:
+            self._live.pop(digest, None)
+            return None
+        if len(self._live) >= LIVE_SESSIONS_KEPT:
+            self._live.clear()
+        user = User(*row[:3])
+        self._live[digest] = (user, row[3])
+        return user
 
     def end_session(self, token: str) -> None:
+        digest = _token_digest(token)
+        self._live.pop(digest, None)
         with self.db.transaction() as cur:
-            cur.execute("UPDATE sessions SET revoked = TRUE WHERE token_sha256 = ?", [_token_digest(token)])
+            cur.execute("UPDATE sessions SET revoked = TRUE WHERE token_sha256 = ?", [digest])
+        self._live.pop(digest, None)  # a lookup that raced the update must not keep it

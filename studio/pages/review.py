@@ -19,7 +19,7 @@ SORTS = {"oldest": "oldest first", "newest": "newest first",
          "intended_prob": "selector: least likely first", "nearest_real_dist": "closest to a real image first",
          "-nearest_real_dist": "farthest from real first", "dup_group": "duplicate groups together",
          "sharpness": "blurriest first"}
-GRID_COLUMNS = {64: 12, 96: 10, 128: 8, 160: 6}  # thumbnail side (px) -> cells per row
+GRID_COLUMNS = {64: 10, 96: 8, 128: 6, 160: 5}  # thumbnail side (px) -> cells per row, beside the action bar
 READING_SIDE = 384  # on-screen px of the image being read: large enough to judge dermoscopic structure
 REAL_BESIDE = 6  # real images of the class shown beside it
 KEYS = {"A": "accept the image (or the selected ones)", "X": "reject, with the reasons chosen",
@@ -43,6 +43,17 @@ def number(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+@st.cache_data(ttl=15, show_spinner=False)
+def generation_jobs(_client) -> list[int]:
+    """The generate jobs, for the filter: a few seconds old at most, and not fetched on every decision."""
+    return [j.id for j in _client.jobs(kind="generate").items]
+
+
+@st.cache_data(ttl=15, show_spinner=False)
+def known_reviewers(_client) -> list[str]:
+    return _client.reviewers()
+
+
 state = st.session_state
 client = api.client()
 me = api.session().user
@@ -54,8 +65,15 @@ state.setdefault("review_confirm", None)  # a bulk decision waiting for its conf
 state.setdefault("review_show_keys", False)
 
 # -- what to show ---------------------------------------------------------------------------------------------------
-heading = st.columns([1, 4], vertical_alignment="bottom")
+heading = st.columns([1, 3.4, 1.6], vertical_alignment="bottom")
 heading[0].header("Review", anchor=False)
+if state.pop("review_open", False):  # "open" in the grid: set before the switch is drawn
+    state.review_view = "reading"
+# Reading: one image, large, for judging; grid: many at once, for bulk work. The grid is drawn only when asked
+# for: 48 thumbnails with their checkboxes would slow every decision's rerun.
+view = heading[2].segmented_control("View", ["reading", "grid"], default="reading", key="review_view",
+                                    required=True, label_visibility="collapsed",
+                                    format_func={"reading": "One image", "grid": "Grid (bulk)"}.get)
 top = st.columns([2.2, 2.6, 2.2, 1.4], vertical_alignment="bottom")
 label = top[0].selectbox("Class", CLASSES, format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="review_class")
 # "all" by default: with my queue on, a second reader must see the images a first one already settled under k=1,
@@ -79,11 +97,10 @@ with st.expander("Filters by score, job and reviewer · display"):
                               key="review_intended")
     max_nearest = cols[1].number_input("Nearest-real distance at most (0 = any)", 0.0, 1e6, 0.0,
                                        key="review_max_nearest")
-    generate_jobs = api.call(client.jobs, kind="generate")
-    job_ids = [None] + [j.id for j in (generate_jobs.items if generate_jobs else [])]
+    job_ids = [None, *(api.call(generation_jobs, client) or [])]
     generation_job = cols[2].selectbox("Generation job", job_ids, format_func=lambda j: "any" if j is None else
                                        f"job {j}", key="review_job")
-    reviewers = [None, *(api.call(client.reviewers) or [])]
+    reviewers = [None, *(api.call(known_reviewers, client) or [])]
     reviewer = cols[3].selectbox("Decided by", reviewers, format_func=lambda r: "anyone or no one" if r is None
                                  else r, key="review_reviewer",
                                  help="Under blind reading this matches only images you have decided.")
@@ -111,10 +128,12 @@ if not page.items and state.review_offset > 0 and page.total > 0:  # the last pa
 items = page.items
 state.review_cursor = min(state.review_cursor, max(0, len(items) - 1))
 current = items[state.review_cursor] if items else None
-selected = [i.id for i in items if state.get(f"select_{i.id}")]
+selected = [i.id for i in items if state.get(f"select_{i.id}")] if view == "grid" else []
 
-reference = api.call(client.images, source="real", split="train", label=label, limit=REAL_BESIDE)
-api.call(api.prefetch_thumbnails, client, [i.id for i in items])
+reference = api.call(client.images, source="real", split="train", label=label, limit=REAL_BESIDE) \
+    if view == "reading" else None
+if view == "grid":
+    api.call(api.prefetch_thumbnails, client, [i.id for i in items])
 as_model_sees = state.get("review_as_model", False)
 current_size = api.image_info(client, current.id).width if current is not None else None
 
@@ -179,21 +198,8 @@ def toggle_reason(reason: str) -> None:
     state.review_chosen = [r for r in chosen if r != reason] if reason in chosen else [*chosen, reason]
 
 
-# -- the image being read, and the action bar beside it ---------------------------------------------------------
-reading = st.columns([READING_SIDE, READING_SIDE, 330])  # the action bar keeps 330 px beside the two images
-if current is not None:
-    info = api.image_info(client, current.id)
-    preview = f" · ⚠ preview: made at diffusion step {current.preview_step}, before training ended" \
-        if current.preview_step else ""
-    reading[0].image(api.image_png(client, current.id, READING_SIDE, True, thumbnail=False), width=READING_SIDE,
-                     caption=f"synthetic {label} ({state.review_cursor + state.review_offset + 1} of {page.total}) "
-                             f"· {api.shown_at(info.width, info.height, READING_SIDE)}{preview}")
-    if current.nearest_real_id:
-        png, shown = real_png(current.nearest_real_id, READING_SIDE)
-        reading[1].image(png, width=READING_SIDE, caption=f"nearest real training image (judge's features, "
-                                                          f"distance {current.nearest_real_dist:.3g}) · {shown}")
-
-with reading[2]:
+# -- the action bar: the same keys in both views ----------------------------------------------------------------
+def action_bar() -> None:
     targets = selected or ([current.id] if current else [])
     decide_allowed = api.can_decide() and bool(targets)
     act = st.columns(2)
@@ -254,79 +260,113 @@ with reading[2]:
         if no.button("Cancel", key="review_confirm_no", width="stretch"):
             state.review_confirm = None
             st.rerun()
-
     if not api.can_decide():
         st.info(f"{me.name} is a {me.role}: you can look, not decide.")
+
+
+def about_current() -> None:
+    """The verdicts on the image being read, and its provenance one click away."""
+    judge = "unscored" if current.judge_prob is None else \
+        f"**{current.judge_prob:.2f}** (it says {current.judge_class})"
+    st.markdown(f"**Judge** (independent, never selects): intended class {judge}")
+    if current.blinded:
+        st.markdown("Blind reading: others' decisions on this image show once you have decided it.")
+    else:
+        st.markdown(f"status **{current.status}** · {current.accepts} accept, {current.rejects} reject · "
+                    f"{', '.join(current.reviewers or []) or 'no one yet'}")
+    if current.near_copy:
+        st.warning("Flagged as a near-copy of the nearest real image (memorisation).")
+    with st.expander("Selector, scores and provenance"):
+        st.markdown(
+            f"- selector (reference classifier, ranked the candidates): intended class "
+            f"**{number(current.intended_prob, '.3f')}** (it says {current.predicted_class or '–'})\n"
+            f"- duplicate group {'none' if current.dup_group in (None, -1) else int(current.dup_group)}, "
+            f"sharpness {number(current.sharpness, '.3g')}\n"
+            f"- generation job {current.generation_job}, seed {current.seed}, guidance {current.guidance}, "
+            f"{current.steps} steps\n- checkpoint `{current.checkpoint}`"
+            + (f" (a preview, diffusion step {current.preview_step})" if current.preview_step else ""))
+    st.toggle("Real images as the model sees them", key="review_as_model",
+              help="Off: real images at their stored resolution (centre square). On: brought to the synthetic "
+                   "images' size first, for a like-for-like look.")
+    if current.my_decision and current.my_seq and api.can_decide() and st.button(
+            f"Undo my '{current.my_decision}' on this image", key="review_undo_current"):
+        api.call(client.undo, current.my_seq)
+        st.rerun()
+
+
+def reading_view() -> None:
+    """The image being read and its nearest real image at 384 px, the action bar beside them, real images of the
+    class below."""
+    reading = st.columns([READING_SIDE, READING_SIDE, 330])  # the action bar keeps 330 px beside the two images
     if current is not None:
-        judge = "unscored" if current.judge_prob is None else \
-            f"**{current.judge_prob:.2f}** (it says {current.judge_class})"
-        st.markdown(f"**Judge** (independent, never selects): intended class {judge}")
-        if current.blinded:
-            st.markdown("Blind reading: others' decisions on this image show once you have decided it.")
-        else:
-            st.markdown(f"status **{current.status}** · {current.accepts} accept, {current.rejects} reject · "
-                        f"{', '.join(current.reviewers or []) or 'no one yet'}")
-        if current.near_copy:
-            st.warning("Flagged as a near-copy of the nearest real image (memorisation).")
-        with st.expander("Selector, scores and provenance"):
-            st.markdown(
-                f"- selector (reference classifier, ranked the candidates): intended class "
-                f"**{number(current.intended_prob, '.3f')}** (it says {current.predicted_class or '–'})\n"
-                f"- duplicate group {'none' if current.dup_group in (None, -1) else int(current.dup_group)}, "
-                f"sharpness {number(current.sharpness, '.3g')}\n"
-                f"- generation job {current.generation_job}, seed {current.seed}, guidance {current.guidance}, "
-                f"{current.steps} steps\n- checkpoint `{current.checkpoint}`"
-                + (f" (a preview, diffusion step {current.preview_step})" if current.preview_step else ""))
-        st.toggle("Real images as the model sees them", key="review_as_model",
-                  help="Off: real images at their stored resolution (centre square). On: brought to the synthetic "
-                       "images' size first, for a like-for-like look.")
-        if current.my_decision and current.my_seq and api.can_decide() and st.button(
-                f"Undo my '{current.my_decision}' on this image", key="review_undo_current"):
-            api.call(client.undo, current.my_seq)
+        info = api.image_info(client, current.id)
+        preview = f" · ⚠ preview: made at diffusion step {current.preview_step}, before training ended" \
+            if current.preview_step else ""
+        position = state.review_cursor + state.review_offset + 1
+        reading[0].image(api.image_png(client, current.id, READING_SIDE, True, thumbnail=False), width=READING_SIDE,
+                         caption=f"synthetic {label} ({position} of {page.total}) · "
+                                 f"{api.shown_at(info.width, info.height, READING_SIDE)}{preview}")
+        if current.nearest_real_id:
+            png, shown = real_png(current.nearest_real_id, READING_SIDE)
+            reading[1].image(png, width=READING_SIDE, caption=f"nearest real training image (judge's features, "
+                                                              f"distance {current.nearest_real_dist:.3g}) · {shown}")
+    else:
+        reading[0].info("Nothing to review with these filters." + (" Your queue for this class is empty."
+                                                                   if mine else ""))
+    with reading[2]:
+        action_bar()
+        if current is not None:
+            about_current()
+    if reference and reference.items:
+        strip = st.columns(REAL_BESIDE)
+        for column, image in zip(strip, reference.items, strict=False):
+            png, shown = real_png(image.id, 192)
+            column.image(png, width="stretch", caption=f"real {label} · {shown}")
+
+
+def grid_view() -> None:
+    """A page of thumbnails to select from, the action bar beside it acting on the selection."""
+    bar, grid = st.columns([330, 900])
+    with bar:
+        action_bar()
+    with grid:
+        first, last = state.review_offset + 1, state.review_offset + len(items)
+        st.caption(f"{page.total} images match · showing {first}–{last}" if items else
+                   "Nothing to review with these filters." + (" Your queue for this class is empty." if mine else ""))
+        choose = st.columns([1.3, 1.2, 3])
+        if choose[0].button("Select all on page", key="review_select_all", disabled=not items):
+            for i in items:
+                state[f"select_{i.id}"] = True
+            st.rerun()
+        if choose[1].button("Clear selection", key="review_clear", disabled=not selected):
+            for i in items:
+                state[f"select_{i.id}"] = False
+            st.rerun()
+        per_row = GRID_COLUMNS[side]
+        for row_start in range(0, len(items), per_row):
+            cells = st.columns(per_row)
+            for index, (cell, item) in enumerate(zip(cells, items[row_start:row_start + per_row], strict=False),
+                                                 start=row_start):
+                picked = item.id in selected
+                box = cell.container(border=picked)  # the selection shows as a frame around the cell
+                marker = "▶ " if index == state.review_cursor else ""
+                score = f"judge {item.judge_prob:.2f}" if item.judge_prob is not None else "unscored"
+                told = "blind" if item.blinded else item.status
+                mine_text = f" · you: {item.my_decision}" if item.my_decision else ""
+                box.image(api.image_png(client, item.id, side, smooth), width=side,
+                          caption=f"{marker}{'✓ ' if picked else ''}{score} · {told}{mine_text}"
+                                  + (" · preview" if item.preview_step else ""))
+                box.checkbox("select", key=f"select_{item.id}", label_visibility="collapsed")
+                if box.button("open", key=f"open_{item.id}", type="tertiary"):
+                    state.review_cursor, state.review_open = index, True  # read it: the view switches
+                    st.rerun()
+        nav = st.columns([1, 1, 3])
+        if nav[0].button("◀ Previous page", disabled=state.review_offset == 0, key="review_prev_page"):
+            go_page(-1)
+            st.rerun()
+        if nav[1].button("Next page ▶", disabled=last >= page.total, key="review_next_page"):
+            go_page(+1)
             st.rerun()
 
-# -- real images of the class ----------------------------------------------------------------------------------
-if reference and reference.items:
-    strip = st.columns(REAL_BESIDE)
-    for column, image in zip(strip, reference.items, strict=False):
-        png, shown = real_png(image.id, 192)
-        column.image(png, width="stretch", caption=f"real {label} · {shown}")
 
-# -- the grid, for bulk work --------------------------------------------------------------------------------------
-first, last = state.review_offset + 1, state.review_offset + len(items)
-st.caption(f"{page.total} images match · showing {first}–{last}" if items else
-           "Nothing to review with these filters." + (" Your queue for this class is empty." if mine else ""))
-choose = st.columns([1.3, 1.2, 4])
-if choose[0].button("Select all on page", key="review_select_all", disabled=not items):
-    for i in items:
-        state[f"select_{i.id}"] = True
-    st.rerun()
-if choose[1].button("Clear selection", key="review_clear", disabled=not selected):
-    for i in items:
-        state[f"select_{i.id}"] = False
-    st.rerun()
-per_row = GRID_COLUMNS[side]
-for row_start in range(0, len(items), per_row):
-    cells = st.columns(per_row)
-    for index, (cell, item) in enumerate(zip(cells, items[row_start:row_start + per_row], strict=False),
-                                         start=row_start):
-        picked = item.id in selected
-        box = cell.container(border=picked)  # the selection shows as a frame around the cell
-        marker = "▶ " if index == state.review_cursor else ""
-        score = f"judge {item.judge_prob:.2f}" if item.judge_prob is not None else "unscored"
-        told = "blind" if item.blinded else item.status
-        mine_text = f" · you: {item.my_decision}" if item.my_decision else ""
-        box.image(api.image_png(client, item.id, side, smooth), width=side,
-                  caption=f"{marker}{'✓ ' if picked else ''}{score} · {told}{mine_text}"
-                          + (" · preview" if item.preview_step else ""))
-        box.checkbox("select", key=f"select_{item.id}", label_visibility="collapsed")
-        if box.button("open", key=f"open_{item.id}", type="tertiary"):
-            state.review_cursor = index
-            st.rerun()
-nav = st.columns([1, 1, 4])
-if nav[0].button("◀ Previous page", disabled=state.review_offset == 0, key="review_prev_page"):
-    go_page(-1)
-    st.rerun()
-if nav[1].button("Next page ▶", disabled=last >= page.total, key="review_next_page"):
-    go_page(+1)
-    st.rerun()
+reading_view() if view == "reading" else grid_view()

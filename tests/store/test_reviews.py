@@ -1,5 +1,6 @@
 """Review decisions are append-only events; state, undo, the policy, the queue and history derive from them."""
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -157,6 +158,10 @@ def test_accounts_hash_passwords_and_sessions_expire(store):
     assert store.users.session_user(token) is None
     expired, _ = store.users.start_session(user, ttl=timedelta(seconds=-1))
     assert store.users.session_user(expired) is None
+    brief, _ = store.users.start_session(user, ttl=timedelta(milliseconds=300))
+    assert store.users.session_user(brief).name == "ann"  # now known without a query ...
+    time.sleep(0.4)
+    assert store.users.session_user(brief) is None  # ... but not past its expiry
 
 
 def test_decisions_that_arrive_together_share_one_commit_and_each_stands_or_fails_alone(store):

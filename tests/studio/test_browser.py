@@ -88,9 +88,9 @@ def test_sign_in_review_a_class_with_the_keyboard_reject_with_a_reason_and_undo(
     page.screenshot(path=SHOTS / "1-overview.png", full_page=True)
 
     go_to(page, "Review", "Review")
-    choose(page, page.get_by_test_id("stSelectbox").first, "df · dermatofibroma")
+    choose(page, page.locator(".st-key-review_class"), "df · dermatofibroma")
     idle(page)
-    page.get_by_text("10 images match").wait_for()
+    page.get_by_text("synthetic df (1 of 10)").wait_for()
     for width, height in ((1440, 900), (1280, 800)):  # the image being read is large enough to judge
         page.set_viewport_size({"width": width, "height": height})
         idle(page)
@@ -208,7 +208,7 @@ def test_at_1280x800_the_action_bar_is_in_view_and_reason_3_by_keyboard_is_recor
     page.set_viewport_size({"width": 1280, "height": 800})
     sign_in(page, url, "ada")
     go_to(page, "Review", "Review")
-    choose(page, page.get_by_test_id("stSelectbox").first, "vasc · Vascular lesions")
+    choose(page, page.locator(".st-key-review_class"), "vasc · Vascular lesions")
     idle(page)
     page.screenshot(path=SHOTS / "8-review-1280x800.png")
     keys = ["review_accept", "review_reject"] + [f"review_reason_{r}" for r in (

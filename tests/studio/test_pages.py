@@ -142,6 +142,8 @@ def test_a_bulk_decision_names_its_count_and_waits_for_a_confirmation(server, ap
     at = app("ann", "pages/review.py")
     at.selectbox(key="review_class").select("bkl").run()
     queue = server.client().review_queue(label="bkl", sort="oldest", limit=3).items
+    assert not [b for b in at.button if b.key == "review_select_all"]  # the grid is drawn only when asked for
+    at.segmented_control(key="review_view").set_value("grid").run()
     at.button(key="review_select_all").click().run()
     at.button(key="review_reason_duplicate").click().run()
     at.button(key="review_reject").click().run()
@@ -196,6 +198,7 @@ def test_review_bulk_selection_and_paging_keep_their_place(server, app):
     at = app("ann", "pages/review.py")
     at.selectbox(key="review_class").select("vasc").run()
     at.toggle(key="review_mine").set_value(False).run()
+    at.segmented_control(key="review_view").set_value("grid").run()
     at.select_slider(key="review_page_size").set_value(24).run()
     queue = server.client().review_queue(label="vasc", sort="oldest", limit=10).items
     for item in queue[:2]:
@@ -206,6 +209,9 @@ def test_review_bulk_selection_and_paging_keep_their_place(server, app):
     at.button(key="review_confirm_yes").click().run()
     decided = {e.image_id for e in server.client().review_history(label="vasc", reviewer="ann").items}
     assert decided == {queue[0].id, queue[1].id}
+    at.button(key=f"open_{queue[3].id}").click().run()  # open one: it is read in the one-image view
+    assert at.segmented_control(key="review_view").value == "reading"
+    assert at.session_state["review_cursor"] == 3
 
 
 def test_a_viewer_can_look_but_not_decide(app):
