@@ -74,7 +74,7 @@ if state.pop("review_open", False):  # "open" in the grid: set before the switch
 view = heading[2].segmented_control("View", ["reading", "grid"], default="reading", key="review_view",
                                     required=True, label_visibility="collapsed",
                                     format_func={"reading": "One image", "grid": "Grid (bulk)"}.get)
-top = st.columns([2.2, 2.6, 2.2, 1.4], vertical_alignment="bottom")
+top = st.columns([3.4, 2.6, 2.0, 1.3], vertical_alignment="bottom")  # the longest class name fits at 1280 px
 label = top[0].selectbox("Class", CLASSES, format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="review_class")
 # "all" by default: with my queue on, a second reader must see the images a first one already settled under k=1,
 # or readers never overlap and agreement has nothing to rest on

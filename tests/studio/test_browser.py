@@ -234,3 +234,24 @@ def test_at_1280x800_the_action_bar_is_in_view_and_reason_3_by_keyboard_is_recor
     [event] = [e for e in api.review_history(reviewer="ada").items if e.seq not in before]
     assert event.decision == "reject" and event.reasons == ["artifact"] and event.label == "vasc"
     assert event.image_id in {i.id for i in current}
+
+
+CUT_OFF = """() => [...document.querySelectorAll('[data-testid="stMain"] *')]
+    .filter(e => e.children.length === 0 && e.innerText && e.innerText.trim()
+                 && getComputedStyle(e).textOverflow === 'ellipsis' && e.scrollWidth > e.clientWidth + 1)
+    .map(e => e.innerText.trim())"""
+
+
+@pytest.mark.parametrize("link", ["Overview", "Review", "Readers & agreement", "History", "Turing test",
+                                  "Runs & models", "Datasets", "Jobs"])
+def test_at_1280_px_no_page_cuts_its_text_off(studio, page, link):
+    _, url = studio
+    page.set_content('<div data-testid="stMain"><p style="width: 40px; overflow: hidden; white-space: nowrap; '
+                     'text-overflow: ellipsis">a label much too long for its box</p></div>')
+    assert page.evaluate(CUT_OFF) == ["a label much too long for its box"]  # the check sees a cut-off label
+    page.set_viewport_size({"width": 1280, "height": 800})
+    sign_in(page, url, "ada")
+    go_to(page, link, link)
+    page.wait_for_timeout(500)
+    page.screenshot(path=SHOTS / f"9-{link.split()[0].lower()}-1280.png", full_page=True)
+    assert page.evaluate(CUT_OFF) == [], f"{link}: text cut off at 1280 px"
