@@ -382,6 +382,16 @@ def pipeline(
 
 
 @app.command()
+def compare(
+    run: Annotated[str, typer.Argument(help="A train run's pipeline id (`dermae jobs ls` shows them).")],
+    workspace: Workspace = None,
+) -> None:
+    """A train run's comparison again: each arm (mean ± sd over seeds), its difference from real only, curated
+    minus uncurated and minus real + KD, each with its interval over resampled test lesions."""
+    _print_comparison(_client(workspace), run)
+
+
+@app.command()
 def train(
     profile: Annotated[str, typer.Option(help="cpu64 (HAM10000 at 64 px, the default) | tiny (DermaMNIST at 32 px) "
                                               "| smoke | paper (configs/).")] = "cpu64",
@@ -482,8 +492,9 @@ def _print_comparison(client, pipeline_id: str) -> None:
                    f"{cell(r['balanced_accuracy'], '.3f', 9)}"
                    f"{cell(r['accuracy'], '.3f', 7)}{cell(r['auc_ovr'], '.3f', 7)}{cell(r['ece'], '.3f', 7)}"
                    f"{params:>9}{cell(r['gflops'], '.3f', 8)}{cell(r['latency_ms'], '.1f', 7)}")
+    predictions = predictions_over_http(client)
     try:
-        differences = arm_differences(jobs, predictions_over_http(client))
+        differences = arm_differences(jobs, predictions)
     except LookupError as e:
         typer.echo(f"\nno paired comparison: {e}")
         return
@@ -493,6 +504,16 @@ def _print_comparison(client, pipeline_id: str) -> None:
         for d in differences:
             f1, bal = d["macro_f1"], d["balanced_accuracy"]
             typer.echo(f"{d['arm'][:51]:<52} macro-F1 {_difference(f1)}   balanced acc {_difference(bal)}")
+    for reference, title in (
+            ("uncurated", "curated minus uncurated, same student and seed (does curation help?)"),
+            ("real_kd", "curated minus real only + MAE + KD, same teacher (what the synthetic images add beyond "
+                        "the teacher)")):
+        pair = arm_differences(jobs, predictions, reference=reference, arms=["curated"])
+        if pair:
+            typer.secho(f"\n{title}", bold=True)
+            for d in pair:
+                typer.echo(f"{d['arm'][:51]:<52} macro-F1 {_difference(d['macro_f1'])}   balanced acc "
+                           f"{_difference(d['balanced_accuracy'])}")
     outside = [r for r in rows if r.get("external")]
     if outside:
         typer.secho(f"\nexternal: import batch {outside[0]['external']} (other clinics' images), beside the test split",

@@ -203,46 +203,56 @@ def arm_comparison(jobs: Iterable[JobInfo]) -> list[dict[str, Any]]:
 PIPELINES: dict[str, Callable[[Profile], PipelineSubmit]] = {"generator": generator_chain}
 
 
-def baseline_key(key: str | None) -> str | None:
-    """The pipeline key of the real-only baseline an arm's evaluation is compared with: the same student (and
-    whatever prefix, such as a seed, the key has) in the `baseline` arm. None for the baseline itself and for
-    evaluations outside an arm (the teacher)."""
+def baseline_key(key: str | None, reference: str = "baseline") -> str | None:
+    """The pipeline key of the evaluation an arm's evaluation is compared with: the same student (and whatever
+    prefix, such as a seed, the key has) in the `reference` arm (real only unless told). None for the reference
+    arm itself and for evaluations outside an arm (the teacher)."""
     parts = (key or "").split(".")
-    if len(parts) < 3 or parts[-1] != "eval" or parts[-3] == "baseline":
+    if len(parts) < 3 or parts[-1] != "eval" or parts[-3] == reference:
         return None
-    return ".".join([*parts[:-3], "baseline", *parts[-2:]])
+    return ".".join([*parts[:-3], reference, *parts[-2:]])
+
+
+def arm_of(key: str | None) -> str | None:
+    """The arm (baseline, real_kd, curated, uncurated) an evaluation's pipeline key belongs to."""
+    parts = (key or "").split(".")
+    return parts[-3] if len(parts) >= 3 and parts[-1] == "eval" else None
 
 
 def arm_differences(jobs: Iterable[JobInfo], predictions: Callable[[int], dict], resamples: int = 2000,
-                    seed: int = 0) -> list[dict[str, Any]]:
-    """Each arm minus the real-only baseline of the same student in the same seed, on the same test images:
-    macro-F1 and balanced accuracy with 95% intervals from resampling test lesions (`metrics.paired_bootstrap`),
-    averaged over the run's seeds (each seed's difference in `per_seed`). `predictions(job_id)` gives an evaluate
-    job's per-image predictions (its `predictions` artifact)."""
+                    seed: int = 0, reference: str = "baseline", arms: Iterable[str] | None = None
+                    ) -> list[dict[str, Any]]:
+    """Each arm (or those named in `arms`) minus the `reference` arm — real only unless told — of the same
+    student in the same seed, on the same test images: macro-F1 and balanced accuracy with 95% intervals from
+    resampling test lesions (`metrics.paired_bootstrap`), averaged over the run's seeds (each seed's difference
+    in `per_seed`). `predictions(job_id)` gives an evaluate job's per-image predictions (its `predictions`
+    artifact). With reference "uncurated" and arms ["curated"]: does curation help; with "real_kd": what the
+    synthetic images add beyond the teacher."""
     import numpy as np
 
     from engine import metrics
     from engine.data.labels import CLASSES
 
+    wanted = None if arms is None else set(arms)
     evaluated = {j.pipeline_key: j for j in jobs if j.kind == "evaluate" and isinstance(j.result, dict)}
-    pairs: dict[str, list[tuple[JobInfo, JobInfo]]] = {}  # arm -> (its evaluation, its baseline's) per seed
+    pairs: dict[str, list[tuple[JobInfo, JobInfo]]] = {}  # arm -> (its evaluation, its reference's) per seed
     for key, job in sorted(evaluated.items(), key=lambda kv: kv[1].id):
-        base = evaluated.get(baseline_key(key))
-        if base is not None:
+        base = evaluated.get(baseline_key(key, reference))
+        if base is not None and (wanted is None or arm_of(key) in wanted):
             pairs.setdefault(job.result.get("arm") or key, []).append((job, base))
     rows = []
     for arm, seeded in pairs.items():
-        arms, baselines = [predictions(j.id) for j, _ in seeded], [predictions(b.id) for _, b in seeded]
-        for (job, base), one, real_only in zip(seeded, arms, baselines, strict=True):
-            if one["ids"] != real_only["ids"] or one["ids"] != arms[0]["ids"]:
+        ours, theirs = [predictions(j.id) for j, _ in seeded], [predictions(b.id) for _, b in seeded]
+        for (job, base), one, other in zip(seeded, ours, theirs, strict=True):
+            if one["ids"] != other["ids"] or one["ids"] != ours[0]["ids"]:
                 raise ValueError(f"jobs {job.id} and {base.id} were evaluated on different images: no paired "
                                  "comparison")
         rows.append({"arm": arm, "baseline": seeded[0][1].result.get("arm") or seeded[0][1].pipeline_key,
                      "job_ids": [j.id for j, _ in seeded], "baseline_job_ids": [b.id for _, b in seeded],
                      "seeds": len(seeded),
-                     **metrics.paired_bootstrap(arms[0]["labels"], np.array([p["predicted"] for p in arms]),
-                                                np.array([p["predicted"] for p in baselines]),
-                                                arms[0]["lesion_ids"], len(CLASSES), resamples, seed)})
+                     **metrics.paired_bootstrap(ours[0]["labels"], np.array([p["predicted"] for p in ours]),
+                                                np.array([p["predicted"] for p in theirs]),
+                                                ours[0]["lesion_ids"], len(CLASSES), resamples, seed)})
     return rows
 
 

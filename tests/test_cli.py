@@ -142,11 +142,14 @@ def test_the_train_table_shows_each_arm_and_its_difference_from_real_only_with_a
               "macro_f1_1view": 0.5, "balanced_accuracy": 0.551, "accuracy": 0.738, "auc_ovr": 0.914, "ece": 0.117,
               "params": 4.02e6, "gflops": 0.512, "latency_ms": 17.6, "split_kind": "lesion-aware"}
     kd = result | {"arm": "efficientnet_b0: real only + MAE + KD"}
+    curated = result | {"arm": "efficientnet_b0: real + 40 auto-curated (from scores) synthetic + MAE + KD"}
     jobs = [SimpleNamespace(id=2, kind="evaluate", result=result, pipeline_key="baseline.efficientnet_b0.eval"),
             SimpleNamespace(id=1, kind="distill", result={"val": {}}, pipeline_key="baseline.efficientnet_b0"),
-            SimpleNamespace(id=4, kind="evaluate", result=kd, pipeline_key="real_kd.efficientnet_b0.eval")]
+            SimpleNamespace(id=4, kind="evaluate", result=kd, pipeline_key="real_kd.efficientnet_b0.eval"),
+            SimpleNamespace(id=6, kind="evaluate", result=curated, pipeline_key="curated.efficientnet_b0.eval")]
     labels = [0, 1, 2, 3, 4, 5, 6] * 20
-    predicted = {2: [0] * 140, 4: labels}  # real only says akiec to everything; the KD arm is always right
+    # real only says akiec to everything; the KD arm is always right, and so is the curated arm
+    predicted = {2: [0] * 140, 4: labels, 6: labels}
     artifacts = {job_id: json.dumps({"ids": list(range(140)), "lesion_ids": [f"L{i}" for i in range(140)],
                                      "labels": labels, "predicted": p}).encode() for job_id, p in predicted.items()}
     client = SimpleNamespace(pipeline=lambda pipeline_id: SimpleNamespace(jobs=jobs),
@@ -161,6 +164,9 @@ def test_the_train_table_shows_each_arm_and_its_difference_from_real_only_with_a
     [difference] = [line for line in out.splitlines() if line.startswith("efficientnet_b0: real only + MAE + KD")
                     and "[" in line]
     assert "macro-F1 +0.964 [" in difference and "]*" in difference  # 1.0 - 1/28, an interval above zero
+    beyond_teacher = out.split("curated minus real only + MAE + KD")[1].splitlines()[1]
+    assert "macro-F1 +0.000 [+0.000, +0.000]" in beyond_teacher  # what the synthetic images add: nothing here
+    assert "curated minus uncurated" not in out  # no uncurated arm in this run
 
 
 def test_following_a_job_draws_each_step_once_however_often_it_polls(monkeypatch, capsys):

@@ -167,11 +167,23 @@ def run_differences(_client: Client, _jobs: list[JobInfo], evaluated: tuple[tupl
     """`arm_differences` of a run, computed once per set of finished evaluations ((job id, attempt) each): a
     rerun of the page does not fetch every job's predictions and resample again."""
     fetch = lambda job_id, artifact: artifact_file(_client, job_id, artifact.id, artifact.sha256)  # noqa: E731
-    return arm_differences(_jobs, predictions_over_http(_client, fetch))
+    predictions = predictions_over_http(_client, fetch)
+    rows = arm_differences(_jobs, predictions)
+    for reference in ("uncurated", "real_kd"):  # does curation help; what synthetic images add beyond the teacher
+        rows += arm_differences(_jobs, predictions, reference=reference, arms=["curated"])
+    return rows
+
+
+def compared(d: dict) -> str:
+    """A difference's row name: the arm, and what it is set against unless that is real only."""
+    against = d["baseline"].split(": ", 1)[-1]
+    return d["arm"] if against == "real only" else f"{d['arm']} minus {against}"
 
 
 def show_differences(client: Client, jobs: list[JobInfo]) -> None:
-    """Each arm minus real only (same student, same test images) with its 95% interval over resampled lesions."""
+    """Each arm minus real only (same student, same test images) with its 95% interval over resampled lesions;
+    then the curated arm minus the uncurated one (does curation help?) and minus real + KD (what the synthetic
+    images add beyond the teacher)."""
     evaluated = tuple(sorted((j.id, j.attempt) for j in jobs if j.kind == "evaluate" and isinstance(j.result, dict)))
     try:
         differences = run_differences(client, jobs, evaluated)
@@ -184,12 +196,13 @@ def show_differences(client: Client, jobs: list[JobInfo]) -> None:
     for name, label in (("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy")):
         diffs = [d[name] for d in differences]
         figure.add_trace(go.Scatter(
-            x=[d["diff"] for d in diffs], y=[d["arm"] for d in differences], mode="markers", name=label,
+            x=[d["diff"] for d in diffs], y=[compared(d) for d in differences], mode="markers", name=label,
             error_x={"type": "data", "symmetric": False, "array": [d["ci95"][1] - d["diff"] for d in diffs],
                      "arrayminus": [d["diff"] - d["ci95"][0] for d in diffs]},
             hovertemplate="%{y}: %{x:+.3f}<extra>" + label + "</extra>"))
     figure.add_vline(x=0, line_dash="dot")
-    figure.update_layout(title="Each arm minus real only, same student: difference and 95% interval",
+    figure.update_layout(title="Each arm minus real only (and curated minus uncurated, minus real + KD), same "
+                               "student: difference and 95% interval",
                          xaxis_title="difference on the real test split", height=120 + 60 * len(differences),
                          margin={"t": 50, "b": 10, "l": 10, "r": 10}, legend={"orientation": "h", "y": -0.3})
     st.plotly_chart(figure, width="stretch", key="runs_differences")

@@ -82,6 +82,37 @@ def test_arm_differences_bootstrap_each_arm_against_its_baseline_on_the_same_ima
         arm_differences(jobs, shifted)
 
 
+def test_curated_is_also_compared_with_the_uncurated_and_the_kd_arm_of_its_seed():
+    """Does curation help (curated minus uncurated), and what do the synthetic images add beyond the teacher
+    (curated minus real + KD): the same paired bootstrap against another reference arm."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from engine.pipelines import arm_differences, arm_of, baseline_key
+
+    assert baseline_key("seed1.curated.effnet.eval", "uncurated") == "seed1.uncurated.effnet.eval"
+    assert arm_of("seed1.curated.effnet.eval") == "curated" and arm_of("teacher.eval") is None
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 7, 300)
+    rightness = {"baseline": 0.5, "real_kd": 0.6, "uncurated": 0.6, "curated": 0.9}
+    jobs, predicted = [], {}
+    for seed in range(2):
+        for offset, (arm, right) in enumerate(rightness.items()):
+            job_id = 10 * seed + offset
+            predicted[job_id] = np.where(rng.random(300) < right, labels, (labels + 1) % 7)
+            jobs.append(SimpleNamespace(id=job_id, kind="evaluate", pipeline_key=f"seed{seed}.{arm}.effnet.eval",
+                                        result={"arm": f"effnet: {arm}"}))
+    read = lambda job_id: {"ids": list(range(300)), "lesion_ids": list(range(300)),  # noqa: E731
+                           "labels": labels.tolist(), "predicted": predicted[job_id].tolist()}
+    [curation] = arm_differences(jobs, read, resamples=300, reference="uncurated", arms=["curated"])
+    assert (curation["job_ids"], curation["baseline_job_ids"]) == ([3, 13], [2, 12])
+    assert curation["baseline"] == "effnet: uncurated" and curation["macro_f1"]["excludes_zero"]
+    [beyond_teacher] = arm_differences(jobs, read, resamples=300, reference="real_kd", arms=["curated"])
+    assert beyond_teacher["baseline_job_ids"] == [1, 11] and beyond_teacher["macro_f1"]["diff"] > 0.1
+    assert len(arm_differences(jobs, read, resamples=100)) == 3  # against real only: every other arm
+
+
 def test_seeds_train_the_teacher_and_every_arm_once_each_from_one_mae_encoder():
     steps = {s.key: s for s in train_chain(load_profile("smoke"), version({"df": 3}), seeds=3).steps}
     assert [k for k in steps if steps[k].kind == "pretrain_mae"] == ["mae"]
