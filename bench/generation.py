@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine import metrics  # noqa: E402
-from engine.data.labels import CLASSES  # noqa: E402
+from engine.labels import CLASSES  # noqa: E402
 from engine.models.classifier import load_reference, predict  # noqa: E402
 from engine.models.ldm import (  # noqa: E402
     LatentDiffusion,

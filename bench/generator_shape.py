@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.client import Client  # noqa: E402
-from engine.data.labels import CLASSES  # noqa: E402
+from engine.labels import CLASSES  # noqa: E402
 from engine.launcher import Launcher  # noqa: E402
 from engine.models.ldm import LatentDiffusion, UNetConfig, build_unet, new_noise_scheduler  # noqa: E402
-from engine.profiles import load_profile  # noqa: E402
+from engine.recipes.registry import checked_profile  # noqa: E402
 from engine.settings import DEFAULT_HOST, Settings  # noqa: E402
 
 # The pixel arms, as train_ldm parameters. Plain: a UNet on 64x64x3, /16 to a 4x4 bottleneck (the fastest of
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--classes", default="akiec,bcc,df,vasc", help="Default: the classes the profile "
                                                                       "generates for.")
     args = parser.parse_args()
-    profile = load_profile(args.profile)
+    profile = checked_profile(args.profile)
     classes = args.classes.split(",")
     ldm_params, generate = profile.params("train_ldm"), profile.params("generate")
     settings = Settings.from_env(args.workspace.resolve())

@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.data.labels import CLASS_NAMES, CLASSES  # noqa: E402
+from engine.labels import CLASS_NAMES, CLASSES  # noqa: E402
 from engine.launcher import Launcher  # noqa: E402
 from tests.processes import review_server  # noqa: E402
 

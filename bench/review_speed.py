@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.client import Client  # noqa: E402
 from engine.data.images import ImageStore, check_image  # noqa: E402
-from engine.data.labels import CLASSES  # noqa: E402
+from engine.labels import CLASSES  # noqa: E402
 from engine.store import Store  # noqa: E402
 from tests.factories import image_bytes  # noqa: E402
 from tests.processes import start_server  # noqa: E402

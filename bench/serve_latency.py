@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.data.labels import CLASSES  # noqa: E402
+from engine.labels import CLASSES  # noqa: E402
 from engine.models.classifier import build_classifier  # noqa: E402
 from engine.recipes.export import export_for_serving  # noqa: E402
 

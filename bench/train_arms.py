@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.client import Client, ServerNotFound  # noqa: E402
-from engine.profiles import load_profile  # noqa: E402
+from engine.recipes.registry import checked_profile  # noqa: E402
 from engine.schemas import PipelineStep, PipelineSubmit  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 
@@ -49,7 +49,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown arms {sorted(unknown)}: choose from {', '.join(ARMS)}")
     arms = {a: ARMS[a] for a in args.arms.split(",")}
-    profile = load_profile(args.profile)
+    profile = checked_profile(args.profile)
     archs = [s["arch"] for s in profile.students]
     chosen = args.students.split(",") if args.students else archs
     if set(chosen) - set(archs):

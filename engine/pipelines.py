@@ -231,7 +231,7 @@ def arm_differences(jobs: Iterable[JobInfo], predictions: Callable[[int], dict],
     import numpy as np
 
     from engine import metrics
-    from engine.data.labels import CLASSES
+    from engine.labels import CLASSES
 
     wanted = None if arms is None else set(arms)
     evaluated = {j.pipeline_key: j for j in jobs if j.kind == "evaluate" and isinstance(j.result, dict)}

@@ -10,8 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Base64Bytes, BaseModel, Field, computed_field, model_validator
 
-from engine.data.labels import PerClass
-from engine.data.splits import SplitKind
+from engine.labels import PerClass, SplitKind
 
 ClassCounts = dict[str, int]
 

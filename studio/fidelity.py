@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine.client import Client
-from engine.data.labels import CLASSES
+from engine.labels import CLASSES
 from studio import api
 
 PASS, FAIL = "✅", "❌"

@@ -136,7 +136,7 @@ def test_users_add_ls_and_the_review_policy(server):
 def test_the_train_table_shows_each_arm_and_its_difference_from_real_only_with_an_interval(capsys):
     from types import SimpleNamespace
 
-    from engine.cli import _print_comparison
+    from engine.cli.runs import print_comparison
 
     result = {"arm": "efficientnet_b0: real only", "arch": "efficientnet_b0", "macro_f1": 0.523,
               "macro_f1_1view": 0.5, "balanced_accuracy": 0.551, "accuracy": 0.738, "auc_ovr": 0.914, "ece": 0.117,
@@ -155,7 +155,7 @@ def test_the_train_table_shows_each_arm_and_its_difference_from_real_only_with_a
     client = SimpleNamespace(pipeline=lambda pipeline_id: SimpleNamespace(jobs=jobs),
                              job_artifacts=lambda job_id: [SimpleNamespace(id=job_id * 10, kind="predictions")],
                              artifact_bytes=lambda job_id, artifact_id: artifacts[job_id])
-    _print_comparison(client, "train-cpu64-1")
+    print_comparison(client, "train-cpu64-1")
     out = capsys.readouterr().out
     assert "real test split (lesion-aware)" in out
     header, row = out.split("real test split (lesion-aware)")[1].strip().splitlines()[:2]
@@ -172,7 +172,7 @@ def test_the_train_table_shows_each_arm_and_its_difference_from_real_only_with_a
 def test_following_a_job_draws_each_step_once_however_often_it_polls(monkeypatch, capsys):
     from types import SimpleNamespace
 
-    import engine.cli as cli
+    from engine.cli import jobs as cli_jobs
     from engine.schemas import LogChunk
 
     # The job reports steps 3, 3, 3, 6, 6, 9 to successive polls, then ends.
@@ -186,8 +186,8 @@ def test_following_a_job_draws_each_step_once_however_often_it_polls(monkeypatch
     logs = iter(["step 3\n", "", "", "", "", "", "step 9\njob 7 succeeded\n"])  # the runner's last line
     client = SimpleNamespace(job=job, job_logs=lambda job_id, offset: LogChunk(text=next(logs), offset=0,
                                                                               finished=True))
-    monkeypatch.setattr(cli.time, "sleep", lambda seconds: None)
-    assert cli._follow(client, 7) == 0
+    monkeypatch.setattr(cli_jobs.time, "sleep", lambda seconds: None)
+    assert cli_jobs.follow(client, 7) == 0
     out, err = capsys.readouterr()
     drawn = [line for line in err.replace("\r", "\n").splitlines() if re.search(r"\d/9", line)]
     # Each step once; then 9 redrawn below the log's last lines, and by close().

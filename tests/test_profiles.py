@@ -1,11 +1,12 @@
 import pytest
 
 from engine.profiles import PROFILES, load_profile
+from engine.recipes.registry import checked_profile
 
 
 @pytest.mark.parametrize("name", PROFILES)
 def test_every_profile_loads(name):
-    profile = load_profile(name)
+    profile = checked_profile(name)
     assert profile.data.image_size >= 28 and profile.data.phantom_size >= 70
 
 
@@ -21,10 +22,11 @@ def test_job_parameters_are_validated_against_their_kind(tmp_path):
     base = "[data]\nimage_size = 32\nphantom_size = 70\nsplit_seed = 0\n"
     (tmp_path / "a.toml").write_text(base + "[jobs.train_vae]\nstepz = 3\n")
     with pytest.raises(ValueError, match=r"(?s)\[jobs.train_vae\].*stepz"):
-        load_profile("a", tmp_path)
+        checked_profile("a", tmp_path)
     (tmp_path / "b.toml").write_text(base + "[jobs.train_gpt]\nsteps = 3\n")
     with pytest.raises(ValueError, match="unknown job kind 'train_gpt'"):
-        load_profile("b", tmp_path)
+        checked_profile("b", tmp_path)
+    assert load_profile("a", tmp_path).params("train_vae") == {"stepz": 3}  # unchecked: the engine checks on submit
 
 
 def test_profile_params_with_overrides():

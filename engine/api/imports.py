@@ -10,7 +10,6 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from engine.api.auth import require_admin
 from engine.data.images import ImageStore
 from engine.data.ingest import ingest
-from engine.data.labels import CLASSES, SPLITS
 from engine.data.phantom import phantom_records
 from engine.data.sources import (
     MissingImages,
@@ -20,7 +19,8 @@ from engine.data.sources import (
     read_isic,
     read_medmnist,
 )
-from engine.data.splits import SplitKind, split_kind
+from engine.data.splits import split_kind
+from engine.labels import CLASSES, SPLITS, SplitKind
 from engine.schemas import ImportBatch, ImportFormat, ImportRequest, ImportResult, Problem
 
 router = APIRouter(prefix="/imports", tags=["imports"])

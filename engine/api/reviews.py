@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from engine.api.auth import Principal, require_admin, require_reviewer
-from engine.data.labels import CLASSES
+from engine.labels import CLASSES
 from engine.schemas import (
     MAX_BIGINT,
     Agreement,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from engine.data.images import encode_png
-from engine.data.labels import CLASSES
 from engine.data.sources import SourceRecord
+from engine.labels import CLASSES
 
 PHANTOM_NOTICE = "phantom, not clinical data"
 HAM10000_COUNTS = {"akiec": 327, "bcc": 514, "bkl": 1099, "df": 115, "mel": 1113, "nv": 6705, "vasc": 142}

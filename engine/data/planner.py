@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from engine.data.labels import CLASSES
+from engine.labels import CLASSES
 
 
 class TargetRule(StrEnum):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine.data.images import encode_png
-from engine.data.labels import CLASSES, SPLITS, UnknownLabel, normalise_label
+from engine.labels import CLASSES, SPLITS, UnknownLabel, normalise_label
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 MAX_PROBLEMS_LISTED = 20

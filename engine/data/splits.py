@@ -12,19 +12,10 @@ import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from enum import StrEnum
 
-from engine.data.labels import SPLITS
+from engine.labels import SPLITS, SplitKind
 
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)  # DermaMNIST's official 7:1:2
-
-
-class SplitKind(StrEnum):
-    """How an import's real images were split, which decides how far its test figures can be trusted."""
-
-    lesion_aware = "lesion-aware"  # split here by lesion id: no lesion in two splits
-    per_image = "per-image"  # images of one lesion may sit in two splits: optimistic figures (DermaMNIST's split)
-    given = "given"  # the source's own split folders: whether a lesion crosses them is not known
 
 
 def split_summary(real_data: list[dict]) -> str:

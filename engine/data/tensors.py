@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from engine.data.images import Framing, frame_for_model
-from engine.data.labels import CLASSES
 from engine.files import atomic_write_bytes
+from engine.labels import CLASSES
 
 
 def cached_array(path: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:

@@ -1,2 +1,2 @@
 """Jobs: the scheduler inside the engine server, the executor that starts job processes, and the job-process
-side (entry point `python -m engine.jobs.run JOB_ID` and the `JobContext` that recipes report through)."""
+side (the `JobContext` that recipes report through; the entry point is `python -m engine.worker JOB_ID`)."""

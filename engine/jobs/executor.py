@@ -30,15 +30,18 @@ class Executor(Protocol):
     def signal(self, launched: Launched, sig: int) -> None: ...
 
 
+WORKER_MODULE = "engine.worker"  # the job process's entry point: above the recipes it runs, so outside jobs/
+
+
 def job_command(job_id: int, num_processes: int) -> list[str]:
     """One process: the job entry point. Several: the same entry point under `accelerate launch`."""
     if num_processes <= 1:
-        return [sys.executable, "-m", "engine.jobs.run", str(job_id)]
+        return [sys.executable, "-m", WORKER_MODULE, str(job_id)]
     # --multi_gpu selects accelerate's torchrun-style launcher (RANK/WORLD_SIZE per process); on a machine without
     # GPUs the processes still start, and accelerate's state picks the gloo backend (multi-CPU).
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "-m", "engine.jobs.run", str(job_id)]
+            "-m", WORKER_MODULE, str(job_id)]
 
 
 class LocalExecutor:

@@ -255,10 +255,6 @@ def latent_scaling_factor(latents: torch.Tensor) -> float:
     return float(1.0 / latents.float().std().clamp_min(1e-6))
 
 
-def config_dict(config: VAEConfig | UNetConfig) -> dict:
-    return asdict(config)
-
-
 def load_generator(path: Path) -> torch.nn.Module:
     """A saved generator folder: our latent diffusion model, or a fine-tuned SD-style model (the paper path).
     Both sample with `.sample(labels, guidance_scale, num_inference_steps, seeds=…)`."""

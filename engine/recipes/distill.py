@@ -23,7 +23,7 @@ class Params(FitParams):
 
 
 def run(params: Params, ctx: JobContext) -> dict:
-    from engine.data.labels import CLASSES
+    from engine.labels import CLASSES
     from engine.models.classifier import build_classifier, load_classifier
     from engine.recipes.common import artifact_path
 

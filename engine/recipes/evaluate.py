@@ -78,9 +78,9 @@ def run(params: Params, ctx: JobContext) -> dict:
 
     import numpy as np
 
-    from engine.data.labels import CLASSES
     from engine.data.splits import lesion_of, split_summary
     from engine.data.tensors import labels_of, load_array, to_model_input
+    from engine.labels import CLASSES
     from engine.metrics import classification_report
     from engine.models.classifier import DihedralTTA, load_classifier, probabilities
     from engine.models.profiling import count_flops, count_parameters, latency_ms

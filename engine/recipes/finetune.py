@@ -26,7 +26,7 @@ def run(params: Params, ctx: JobContext) -> dict:
 
     from safetensors.torch import load_file
 
-    from engine.data.labels import CLASSES
+    from engine.labels import CLASSES
     from engine.models.classifier import build_classifier
     from engine.recipes.common import artifact_path
 

@@ -131,8 +131,8 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_meta
     from timm.optim import create_optimizer_v2
 
     from engine.data.augment import colour_jitter, dihedral
-    from engine.data.labels import CLASSES
     from engine.data.tensors import to_model_input
+    from engine.labels import CLASSES
     from engine.metrics import classification_report
     from engine.models.classifier import distillation_loss, prefers_channels_last, save_classifier
     from engine.recipes.common import class_weights, resume, save_state, warmup_cosine

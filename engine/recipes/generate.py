@@ -19,9 +19,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, NonNegativeInt
 
-from engine.data.labels import PerClass
 from engine.data.planner import TargetRule
 from engine.jobs.context import JobContext, Stopped
+from engine.labels import PerClass
 
 KIND = "generate"
 THEN = "score"  # the engine queues a score job after each generate job
@@ -57,9 +57,9 @@ def run(params: Params, ctx: JobContext) -> dict:
     import torch
 
     from engine import metrics
-    from engine.data.labels import CLASSES
     from engine.data.planner import plan_quotas
     from engine.data.tensors import to_model_input, to_png_bytes
+    from engine.labels import CLASSES
     from engine.models.classifier import load_reference, predict
     from engine.models.ldm import load_generator
     from engine.recipes.common import artifact_path, device, real_split

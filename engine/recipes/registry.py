@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from engine.profiles import CONFIG_DIR, Profile, load_profile
 from engine.recipes import (
     distill,
     evaluate,
@@ -51,3 +53,16 @@ def get_kind(name: str) -> JobKind:
         return KINDS[name]
     except KeyError:
         raise UnknownKind(f"unknown job kind {name!r}; known kinds: {', '.join(sorted(KINDS))}") from None
+
+
+def check_params(kind: str, params: dict[str, Any]) -> None:
+    """Raise ValueError, naming what is wrong, unless `params` are valid parameters of job kind `kind`."""
+    try:
+        get_kind(kind).params.model_validate(params)
+    except (UnknownKind, ValidationError) as e:
+        raise ValueError(str(e)) from None
+
+
+def checked_profile(name: str, config_dir: Path = CONFIG_DIR) -> Profile:
+    """A profile with every job section validated against its kind's parameters: what the CLI loads."""
+    return load_profile(name, config_dir, check_params)

@@ -63,8 +63,8 @@ def run(params: Params, ctx: JobContext) -> dict:
     import numpy as np
 
     from engine import metrics
-    from engine.data.labels import CLASSES
     from engine.data.tensors import labels_of, load_array, to_model_input
+    from engine.labels import CLASSES
     from engine.models.classifier import load_reference, predict
     from engine.recipes.common import artifact_path, real_split
     from engine.recipes.train_judge import HELD_OUT_FILE

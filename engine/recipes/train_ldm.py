@@ -61,8 +61,8 @@ def run(params: Params, ctx: JobContext) -> dict:
     from diffusers.training_utils import EMAModel
 
     from engine.data.augment import dihedral
-    from engine.data.labels import CLASSES
     from engine.data.tensors import grid_png, to_model_input
+    from engine.labels import CLASSES
     from engine.models.ldm import (
         LatentDiffusion,
         LatentRange,

@@ -47,8 +47,8 @@ def per_class_recall(model, x: np.ndarray, y: np.ndarray) -> tuple[dict[str, flo
     """(recall per class, macro-F1) of `model` on uint8 images (N, S, S, 3) with labels (N,), one view each."""
     from sklearn.metrics import f1_score, recall_score
 
-    from engine.data.labels import CLASSES
     from engine.data.tensors import to_model_input
+    from engine.labels import CLASSES
     from engine.models.classifier import predict
 
     was_training = model.training
@@ -73,8 +73,8 @@ def train_on_real(params: Params, ctx: JobContext, train: tuple[np.ndarray, np.n
     import torch.nn.functional as F
 
     from engine.data.augment import colour_jitter, dihedral
-    from engine.data.labels import CLASSES
     from engine.data.tensors import to_model_input
+    from engine.labels import CLASSES
     from engine.models.classifier import build_classifier, load_classifier, prefers_channels_last, save_classifier
     from engine.recipes.common import class_weights, resume, save_state
 

@@ -38,8 +38,8 @@ def run(params: Params, ctx: JobContext) -> dict:
     from diffusers import AutoencoderKL
 
     from engine.data.augment import dihedral
-    from engine.data.labels import CLASSES
     from engine.data.tensors import grid_png, to_model_input
+    from engine.labels import CLASSES
     from engine.models.ldm import VAEConfig, build_vae, latent_scaling_factor, vae_loss
     from engine.recipes.common import class_weights, real_split, resume, save_state
 

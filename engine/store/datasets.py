@@ -15,8 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from engine.data.labels import CLASSES, SPLITS
 from engine.files import sha256_file
+from engine.labels import CLASSES, SPLITS
 from engine.store.db import Database, utc_now, where_given
 from engine.store.reviews import REVIEW_STATUS_SQL
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from engine.data.labels import CLASSES, SPLITS
+from engine.labels import CLASSES, SPLITS
 from engine.store.db import Database, utc_now, where_given
 from engine.store.reviews import REVIEW_STATUS_SQL
 

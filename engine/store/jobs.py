@@ -305,10 +305,6 @@ class JobQueries:
                                         [job_id]).fetchall()
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
-    def add_event(self, job_id: int, attempt: int, event: str, message: str | None) -> None:
-        with self.db.transaction() as cur:
-            self._event(cur, job_id, attempt, event, message)
-
     @staticmethod
     def _event(cur: Any, job_id: int, attempt: int, event: str, message: str | None) -> None:
         cur.execute("INSERT INTO job_events (job_id, attempt, event, message, created_at) VALUES (?, ?, ?, ?, ?)",

@@ -21,7 +21,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from engine.data.labels import CLASSES
+from engine.labels import CLASSES
 from engine.store.db import Database, utc_now, where_given
 
 SAYS = ("real", "synthetic")

@@ -20,7 +20,7 @@ import gradio as gr  # import after GRADIO_TEMP_DIR is set (studio/demo/__main__
 import numpy as np
 
 from engine.data.images import ImageProblem
-from engine.data.labels import CLASS_NAMES
+from engine.labels import CLASS_NAMES
 from engine.settings import MAX_IMAGE_BYTES
 from studio.demo.examples import Example
 from studio.demo.explain import overlay

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.data.images import encode_png
-from engine.data.labels import CLASS_NAMES, CLASSES
 from engine.data.phantom import PHANTOM_NOTICE, render_lesion
+from engine.labels import CLASS_NAMES, CLASSES
 from studio.demo.inputs import prepare_image
 
 PHANTOM_CLASSES = ("mel", "nv", "bcc", "vasc")

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from engine.data.images import Framing, frame_for_model
-from engine.data.labels import CLASS_NAMES
 from engine.data.tensors import to_model_input
+from engine.labels import CLASS_NAMES
 from studio.demo.explain import Explainer, explainer_for
 
 # Chosen by bench/serve_latency.py (ratios against eager fp32 in one run; see the README): ONNX Runtime was

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.data.labels import CLASS_NAMES, CLASSES
+from engine.labels import CLASS_NAMES, CLASSES
 from studio import api
 
 METHODS = {"cohen": "Cohen's kappa (2 readers)", "fleiss": "Fleiss' kappa (3+ readers)"}

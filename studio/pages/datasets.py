@@ -6,7 +6,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine.data.labels import CLASSES
+from engine.labels import CLASSES
 from engine.pipelines import curation_badge
 from engine.schemas import DatasetVersion
 from studio import api

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, time, timedelta
 
 import streamlit as st
 
-from engine.data.labels import CLASSES
+from engine.labels import CLASSES
 from studio import api
 from studio.reasons import reasons_text
 

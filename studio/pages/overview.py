@@ -8,8 +8,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine.data.labels import CLASSES
 from engine.data.planner import TargetRule, class_targets, plan_quotas
+from engine.labels import CLASSES
 from studio import api, fidelity
 
 LOG_TICKS = [1, 3, 10, 30, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.data.labels import CLASS_NAMES, CLASSES
+from engine.labels import CLASS_NAMES, CLASSES
 from studio import api
 from studio.reasons import REASONS, reasons_text
 

@@ -11,7 +11,7 @@ import io
 import streamlit as st
 from PIL import Image
 
-from engine.data.labels import CLASS_NAMES, CLASSES
+from engine.labels import CLASS_NAMES, CLASSES
 from studio import api
 
 SIDE = 448  # the test image, enlarged

@@ -8,7 +8,7 @@ import pytest
 from torchvision.datasets import ImageFolder
 
 from engine.client import ApiError
-from engine.data.labels import CLASSES
+from engine.labels import CLASSES
 from tests.processes import review_server
 
 

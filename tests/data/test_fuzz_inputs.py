@@ -22,8 +22,8 @@ from PIL import Image
 
 from engine.data.images import CheckedImage, ImageProblem, ImageStore, check_image
 from engine.data.ingest import ingest
-from engine.data.labels import CLASSES
 from engine.data.sources import SourceError, SourceRecord, read_ham10000, read_isic, read_medmnist
+from engine.labels import CLASSES
 from engine.settings import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 from tests import factories
 

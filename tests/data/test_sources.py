@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from engine.data.labels import CLASSES, normalise_label
 from engine.data.phantom import PHANTOM_NOTICE, phantom_counts, phantom_records
 from engine.data.sources import SourceError, read_folder, read_ham10000, read_isic, read_medmnist
+from engine.labels import CLASSES, normalise_label
 from tests import factories
 
 

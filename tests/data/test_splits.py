@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.data.labels import CLASSES
 from engine.data.splits import DEFAULT_FRACTIONS, lesion_aware_split
+from engine.labels import CLASSES
 
 # A dataset: per lesion, a class and a number of images (HAM10000 has 1-6 images per lesion).
 lesions = st.lists(st.tuples(st.sampled_from(CLASSES), st.integers(1, 6)), min_size=1, max_size=400)

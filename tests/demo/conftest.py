@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from engine.data.images import square_resize
-from engine.data.labels import CLASSES
 from engine.data.phantom import render_lesion
 from engine.data.tensors import to_model_input
+from engine.labels import CLASSES
 from engine.launcher import Launcher
 from tests.conftest import HAM_SAMPLE
 

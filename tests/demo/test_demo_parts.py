@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from engine.data.images import ImageProblem
-from engine.data.labels import CLASSES
+from engine.labels import CLASSES
 from engine.models.classifier import build_classifier
 from engine.recipes.export import calibrate_threshold
 from studio.demo.explain import explainer_for, overlay

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from engine.data.labels import CLASS_NAMES
 from engine.data.phantom import render_lesion
+from engine.labels import CLASS_NAMES
 from engine.launcher import Launcher
 from tests.conftest import HAM_SAMPLE, needs
 from tests.demo.conftest import gradio_client, ham_images, launch_demo, make_export

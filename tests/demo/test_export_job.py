@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from engine.data.images import encode_png
-from engine.data.labels import CLASSES
 from engine.data.phantom import render_lesion
+from engine.labels import CLASSES
 from engine.models.classifier import build_classifier, load_classifier, save_classifier
 from engine.recipes import export
 from engine.schemas import DatasetItem

@@ -102,10 +102,10 @@ def test_an_unreachable_engine_stops_the_job_after_the_orphan_timeout(tmp_path):
 
 
 def test_launch_commands():
-    assert job_command(7, 1) == [sys.executable, "-m", "engine.jobs.run", "7"]
+    assert job_command(7, 1) == [sys.executable, "-m", "engine.worker", "7"]
     multi = job_command(7, 4)
     assert multi[1:3] == ["-m", "accelerate.commands.launch"]
-    assert multi[multi.index("--num_processes") + 1] == "4" and multi[-3:] == ["-m", "engine.jobs.run", "7"]
+    assert multi[multi.index("--num_processes") + 1] == "4" and multi[-3:] == ["-m", "engine.worker", "7"]
     assert describe_exit(-9) == "killed by SIGKILL" and describe_exit(3) == "exited with code 3"
 
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from engine.client import ApiError
-from engine.data.labels import CLASSES
+from engine.labels import CLASSES
 from engine.models.ldm import load_generator
 from engine.pipelines import generator_chain
 from engine.profiles import load_profile

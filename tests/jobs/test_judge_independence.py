@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.data.labels import CLASSES
+from engine.labels import CLASSES
 from engine.models import classifier
 from engine.models.ldm import LatentDiffusion, UNetConfig, VAEConfig, build_unet, build_vae, new_noise_scheduler
 from engine.recipes import generate

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine.data.labels import CLASSES
 from engine.files import sha256_path
+from engine.labels import CLASSES
 from engine.metrics import classification_report
 from engine.pipelines import train_chain
 from engine.profiles import load_profile

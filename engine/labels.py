@@ -1,8 +1,11 @@
-"""The seven HAM10000 diagnostic classes and every spelling of them that the importers accept."""
+"""The vocabulary everything else speaks: the seven HAM10000 diagnostic classes (and every spelling of them that
+the importers accept), the splits, and how an import's images were split. It imports nothing of the engine, so
+every layer may use it (README, "Layout")."""
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from enum import StrEnum
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator
 
@@ -18,7 +21,17 @@ CLASS_NAMES: dict[str, str] = {
     "vasc": "Vascular lesions",
 }
 
+ClassName = Literal["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]  # one of CLASSES, as a type
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+class SplitKind(StrEnum):
+    """How an import's real images were split, which decides how far its test figures can be trusted."""
+
+    lesion_aware = "lesion-aware"  # split here by lesion id: no lesion in two splits
+    per_image = "per-image"  # images of one lesion may sit in two splits: optimistic figures (DermaMNIST's split)
+    given = "given"  # the source's own split folders: whether a lesion crosses them is not known
 
 # Folder names and CSV values seen in the wild: ISIC column names, full names, common plurals.
 _ALIASES: dict[str, str] = {

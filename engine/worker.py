@@ -1,4 +1,5 @@
-"""The job process: `python -m engine.jobs.run JOB_ID` (or under `accelerate launch` for several processes).
+"""The job process: `python -m engine.worker JOB_ID` (or under `accelerate launch` for several processes). It sits
+above the recipes it runs; engine/jobs (the scheduler, the executor, the context) stays below them.
 
 Started by the scheduler with DERMAE_API_URL, DERMAE_API_TOKEN and DERMAE_WORKSPACE set. It fetches the job,
 validates its parameters, runs the recipe with a `JobContext`, and reports how it ended. Under accelerate only
@@ -88,5 +89,5 @@ def describe_failure(e: Exception) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or not sys.argv[1].isdigit():
-        sys.exit("usage: python -m engine.jobs.run JOB_ID")
+        sys.exit("usage: python -m engine.worker JOB_ID")
     sys.exit(main(int(sys.argv[1])))
