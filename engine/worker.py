@@ -17,6 +17,7 @@ import traceback
 from engine.client import Client
 from engine.jobs.context import CANCELLED, JobContext, Reporter, Stopped
 from engine.recipes.registry import get_kind
+from engine.schemas import JobState
 from engine.settings import Settings
 
 EXIT_ORPHANED = 3  # the engine is gone or has given this attempt up: nobody to report to
@@ -47,26 +48,26 @@ def main(job_id: int) -> int:
         reporter.start()
     signal.signal(signal.SIGTERM, lambda *_: ctx.request_stop("SIGTERM"))
 
-    state, result, error = "succeeded", None, None
+    state, result, error = JobState.succeeded, None, None
     try:
         result = kind.run(params, ctx)
         if ctx.stop_reason and result is None:
-            state = "cancelled"
+            state = JobState.cancelled
     except Stopped as e:
-        state, error = "cancelled", str(e)
+        state, error = JobState.cancelled, str(e)
     except Exception as e:
         traceback.print_exc()
-        state, error = "failed", describe_failure(e)
+        state, error = JobState.failed, describe_failure(e)
     finally:
         if reporter:
             reporter.close()
 
-    if ctx.stop_reason and ctx.stop_reason != CANCELLED and state != "succeeded":
+    if ctx.stop_reason and ctx.stop_reason != CANCELLED and state != JobState.succeeded:
         # stopped by SIGTERM from a recovering server, or orphaned: the engine decides what comes next
         print(f"stopped ({ctx.stop_reason}); not reporting an end", flush=True)
         return EXIT_ORPHANED
     if not is_main:
-        return 0 if state == "succeeded" else 1
+        return 0 if state == JobState.succeeded else 1
     from engine.client import ApiError
 
     try:
@@ -75,7 +76,7 @@ def main(job_id: int) -> int:
         print(f"could not report the end of the job: {e}", file=sys.stderr, flush=True)
         return EXIT_ORPHANED
     print(f"job {job.id} {state}" + (f": {error}" if error else ""), flush=True)
-    return 0 if state == "succeeded" else 1
+    return 0 if state == JobState.succeeded else 1
 
 
 def describe_failure(e: Exception) -> str:

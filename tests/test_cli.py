@@ -173,7 +173,7 @@ def test_following_a_job_draws_each_step_once_however_often_it_polls(monkeypatch
     from types import SimpleNamespace
 
     from engine.cli import jobs as cli_jobs
-    from engine.schemas import LogChunk
+    from engine.schemas import JobState, LogChunk
 
     # The job reports steps 3, 3, 3, 6, 6, 9 to successive polls, then ends.
     states = iter([(3, "running")] * 3 + [(6, "running")] * 2 + [(9, "running"), (9, "succeeded")])
@@ -181,7 +181,7 @@ def test_following_a_job_draws_each_step_once_however_often_it_polls(monkeypatch
     def job(job_id):
         done, state = next(states)
         progress = SimpleNamespace(total=9, done=done, message=f"loss {done}")
-        return SimpleNamespace(progress=progress, state=SimpleNamespace(value=state), error=None)
+        return SimpleNamespace(progress=progress, state=JobState(state), error=None)
 
     logs = iter(["step 3\n", "", "", "", "", "", "step 9\njob 7 succeeded\n"])  # the runner's last line
     client = SimpleNamespace(job=job, job_logs=lambda job_id, offset: LogChunk(text=next(logs), offset=0,

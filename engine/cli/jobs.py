@@ -129,6 +129,8 @@ def follow(client, job_id: int) -> int:
     """Stream the log and draw a progress bar until the job ends; exit code 0 only if it succeeded."""
     from tqdm import tqdm
 
+    from engine.schemas import JobState
+
     offset, bar, last_line = 0, None, ""
     while True:
         chunk = call(client.job_logs, job_id, offset=offset)
@@ -156,7 +158,7 @@ def follow(client, job_id: int) -> int:
             outcome = f"job {job_id} {job.state.value}" + (f": {job.error}" if job.error else "")
             if last_line != outcome:  # the job's own log ends with it, unless it never ran (cancelled while queued)
                 typer.echo(outcome)
-            return 0 if job.state.value == "succeeded" else 1
+            return 0 if job.state == JobState.succeeded else 1
         time.sleep(0.5)
 
 

@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from engine.client import Client
 from engine.jobs import checkpoints
 from engine.jobs.checkpoints import Checkpoint
 
@@ -29,10 +30,10 @@ class Stopped(Exception):
 
 class JobContext:
     def __init__(self, *, job_id: int, attempt: int, work_dir: Path, workspace: Path,
-                 reporter: Reporter | None = None, is_main: bool = True, api: Any = None,
+                 reporter: Reporter | None = None, is_main: bool = True, api: Client | None = None,
                  after: list[int] | None = None):
         self.job_id = job_id
-        self.api = api  # engine.client.Client: read data and other jobs' artifacts through the API
+        self.api: Client = api  # read data and other jobs' artifacts through the API (None only in unit tests)
         self.after = after or []  # the jobs this one waited on
         self.attempt = attempt
         self.work_dir = work_dir

@@ -10,7 +10,7 @@ import streamlit as st
 
 from engine.pipelines import freeze_uncurated_twin, generator_chain, synthetic_in, train_chain, uncurated_twin_of
 from engine.profiles import DEFAULT_PROFILE, PROFILES, load_profile
-from engine.schemas import TERMINAL_STATES, JobInfo, PipelineStep, PipelineSubmit
+from engine.schemas import TERMINAL_STATES, JobInfo, JobState, PipelineStep, PipelineSubmit
 from studio import api
 from studio.params_form import params_form
 
@@ -156,8 +156,8 @@ def live_jobs() -> None:
             single.append(job)
     for pipeline_id, jobs in sorted(pipelines.items(), key=lambda item: -max(j.id for j in item[1])):
         jobs.sort(key=lambda j: j.id)
-        done = sum(j.state == "succeeded" for j in jobs)
-        broken = [j for j in jobs if j.state in ("failed", "cancelled")]
+        done = sum(j.state == JobState.succeeded for j in jobs)
+        broken = [j for j in jobs if j.state in (JobState.failed, JobState.cancelled)]
         active = any(j.state not in TERMINAL_STATES for j in jobs)
         state = "running" if active else ("failed" if broken else "succeeded")
         with st.expander(f"**{pipeline_id}** · {done}/{len(jobs)} jobs done", icon=STATE_ICONS[state],
@@ -199,7 +199,7 @@ cancel = buttons[0].button("Cancel", key="jobs_cancel", disabled=not may_start o
 if cancel and api.call(client.cancel_job, job.id) is not None:
     st.success(f"Cancelling job {job.id}: it checkpoints, then stops; retry resumes it.")
 retry = buttons[1].button("Retry", key="jobs_retry",
-                          disabled=not may_start or job.state not in ("failed", "cancelled"))
+                          disabled=not may_start or job.state not in (JobState.failed, JobState.cancelled))
 if retry and api.call(client.retry_job, job.id) is not None:
     st.success(f"Job {job.id} is queued again (with the jobs downstream that failed because of it); it resumes "
                "from its last checkpoint.")

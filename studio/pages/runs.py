@@ -15,7 +15,7 @@ import streamlit as st
 
 from engine.client import Client
 from engine.pipelines import ARM_FIGURES, arm_comparison, arm_differences, arm_summary, predictions_over_http
-from engine.schemas import Artifact, JobInfo, MetricSeries, ModelInfo
+from engine.schemas import Artifact, JobInfo, JobState, MetricSeries, ModelInfo
 from studio import api
 
 T = TypeVar("T")
@@ -62,7 +62,7 @@ def run_label(run_id: str, jobs: list[JobInfo]) -> str:
     when = first.created_at.strftime("%Y-%m-%d %H:%M")
     if first.pipeline_id is None:
         return f"job {first.id} · {first.kind} · {first.state.value} · {when}"
-    done = sum(j.state.value == "succeeded" for j in jobs)
+    done = sum(j.state == JobState.succeeded for j in jobs)
     return f"{run_id} · {run_state(jobs)} · {done}/{len(jobs)} jobs done · {when}"
 
 
