@@ -4,13 +4,14 @@ class-balanced sampling, the learning-rate schedule, checkpoints, and the device
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.data.tensors import labels_of, load_array
-from engine.jobs.context import JobContext
+from engine.jobs.context import JobContext, Stopped
 
 
 def device() -> torch.device:
@@ -65,6 +66,17 @@ def save_state(ctx: JobContext, step: int, **state) -> None:
     """Checkpoint `state.pt`: objects with a state_dict() by their state, other values as they are."""
     saved = {k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in state.items()} | {"step": step}
     ctx.save_checkpoint(step, lambda folder: torch.save(saved, folder / "state.pt"))
+
+
+def end_of_step(ctx: JobContext, step: int, total: int, every: int, save: Callable[[int], None]) -> None:
+    """What every training loop does after a step: checkpoint with `save(step)` every `every` steps, at the last
+    step, and when the job is asked to stop (cancel, SIGTERM) — then raise Stopped, within the grace period. One
+    function for all of them, so no recipe can forget cancel or resume."""
+    stop = ctx.should_stop()
+    if step % every == 0 or step == total or stop:
+        save(step)
+    if stop:
+        raise Stopped(f"stopped at step {step}")
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from engine.jobs.context import JobContext, Stopped
+from engine.jobs.context import JobContext
 
 if TYPE_CHECKING:  # imported where used: listing job kinds must not pay for numpy/torch
     import numpy as np
@@ -135,7 +135,7 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_meta
     from engine.labels import CLASSES
     from engine.metrics import classification_report
     from engine.models.classifier import distillation_loss, prefers_channels_last, save_classifier
-    from engine.recipes.common import class_weights, resume, save_state, warmup_cosine
+    from engine.recipes.common import class_weights, end_of_step, resume, save_state, warmup_cosine
 
     # One code path for CPU, one GPU, or many under `accelerate launch` (DDP: gradients averaged).
     accelerator = Accelerator(mixed_precision="bf16" if params.mixed_precision else "no")
@@ -207,7 +207,6 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_meta
         ctx.log_metric("train/loss", loss.item(), step)
         ctx.progress(step, params.steps, f"loss {loss.item():.3f}")
 
-        stop = ctx.should_stop()  # cancel or SIGTERM: checkpoint now, within the grace period
         if (step % params.eval_every == 0 or step == params.steps) and ctx.is_main:
             model.eval()
             with torch.no_grad():
@@ -221,9 +220,7 @@ def fit(model, params: FitParams, ctx: JobContext, *, teacher=None, teacher_meta
             if report["macro_f1"] > best["macro_f1"]:  # model selection on val only
                 best = {k: report[k] for k in ("macro_f1", "balanced_accuracy", "accuracy")} | {"step": step}
                 save_classifier(model, out, meta | {"val": best})
-        if step % params.eval_every == 0 or step == params.steps or stop:
-            save_state(ctx, step, model=model, optimizer=optimizer, best=best)
-        if stop:
-            raise Stopped(f"stopped at step {step}")
+        end_of_step(ctx, step, params.steps, params.eval_every,
+                    lambda at, best=best: save_state(ctx, at, model=model, optimizer=optimizer, best=best))
     ctx.save_artifact(out, "classifier")
     return best

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from engine.jobs.context import JobContext, Stopped
+from engine.jobs.context import JobContext
 
 KIND = "pretrain_mae"
 
@@ -44,7 +44,7 @@ def run(params: Params, ctx: JobContext) -> dict:
     from engine.data.tensors import grid_png, load_array, to_model_input
     from engine.models.classifier import save_classifier
     from engine.models.mae import MaskedAutoencoder
-    from engine.recipes.common import resume, save_state, warmup_cosine
+    from engine.recipes.common import end_of_step, resume, save_state, warmup_cosine
     from engine.recipes.fitting import dataset_id
 
     # One code path for CPU, one GPU, or many under `accelerate launch` (DDP: gradients averaged).
@@ -91,13 +91,10 @@ def run(params: Params, ctx: JobContext) -> dict:
         optimizer.step()
         ctx.log_metric("train/loss", loss.item(), step)
         ctx.progress(step, params.steps, f"loss {loss.item():.4f}")
-        stop = ctx.should_stop()  # cancel or SIGTERM: checkpoint now, within the grace period
-        if step % params.grid_every == 0 or step == params.steps or stop:
-            if ctx.is_main:
-                grid(step)
-            save_state(ctx, step, mae=mae, optimizer=optimizer)
-            if stop:
-                raise Stopped(f"stopped at step {step}")
+        if (step % params.grid_every == 0 or step == params.steps) and ctx.is_main:
+            grid(step)
+        end_of_step(ctx, step, params.steps, params.grid_every,
+                    lambda at: save_state(ctx, at, mae=mae, optimizer=optimizer))
 
     if ctx.is_main:
         out = save_classifier(mae.encoder, ctx.artifact_dir / "encoder", {

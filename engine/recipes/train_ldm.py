@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from engine.jobs.context import JobContext, Stopped
+from engine.jobs.context import JobContext
 from engine.schemas import PREVIEW_FOLDER
 
 KIND = "train_ldm"
@@ -71,7 +71,7 @@ def run(params: Params, ctx: JobContext) -> dict:
         new_noise_scheduler,
         pixels_to_latents,
     )
-    from engine.recipes.common import artifact_path, class_weights, real_split, resume, save_state
+    from engine.recipes.common import artifact_path, class_weights, end_of_step, real_split, resume, save_state
 
     if len(params.attention) != len(params.channels):
         raise ValueError("attention needs one entry per level of channels")
@@ -172,11 +172,8 @@ def run(params: Params, ctx: JobContext) -> dict:
             unet.eval()
             preview(step)
             unet.train()
-        stop = ctx.should_stop()  # cancel or SIGTERM: checkpoint now, within the grace period
-        if step % params.checkpoint_every == 0 or step == params.steps or stop:
-            save_state(ctx, step, unet=unet, ema=ema, optimizer=optimizer, warmup=warmup)
-            if stop:
-                raise Stopped(f"stopped at step {step}")
+        end_of_step(ctx, step, params.steps, params.checkpoint_every,
+                    lambda at: save_state(ctx, at, unet=unet, ema=ema, optimizer=optimizer, warmup=warmup))
 
     unet.eval()
     ema.copy_to(unet.parameters())

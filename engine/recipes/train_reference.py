@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from engine.jobs.context import JobContext, Stopped
+from engine.jobs.context import JobContext
 
 if TYPE_CHECKING:
     import numpy as np
@@ -76,7 +76,7 @@ def train_on_real(params: Params, ctx: JobContext, train: tuple[np.ndarray, np.n
     from engine.data.tensors import to_model_input
     from engine.labels import CLASSES
     from engine.models.classifier import build_classifier, load_classifier, prefers_channels_last, save_classifier
-    from engine.recipes.common import class_weights, resume, save_state
+    from engine.recipes.common import class_weights, end_of_step, resume, save_state
 
     torch.manual_seed(params.seed)
     x_train, y_train = to_model_input(train[0]), torch.as_tensor(train[1])
@@ -108,8 +108,7 @@ def train_on_real(params: Params, ctx: JobContext, train: tuple[np.ndarray, np.n
         schedule.step()
         ctx.log_metric("train/loss", loss.item(), step)
         ctx.progress(step, params.steps, f"loss {loss.item():.3f}")
-        stop = ctx.should_stop()  # cancel or SIGTERM: checkpoint now, within the grace period
-        if step % params.eval_every == 0 or step == params.steps or stop:
+        if step % params.eval_every == 0 or step == params.steps:
             recall, macro_f1 = per_class_recall(model, x_select, y_select)
             ctx.log_metric("select/macro_f1", macro_f1, step)
             ctx.log(f"step {step}: {selection_name} macro-F1 {macro_f1:.3f}, recall "
@@ -117,9 +116,8 @@ def train_on_real(params: Params, ctx: JobContext, train: tuple[np.ndarray, np.n
             if macro_f1 > best["macro_f1"]:  # model selection on a held-out set, never on test
                 best = {"macro_f1": macro_f1, "step": step, "selection_recall": recall}
                 save_classifier(model, out, record | best)
-            save_state(ctx, step, model=model, optimizer=optimizer, schedule=schedule, best=best)
-            if stop:
-                raise Stopped(f"stopped at step {step}")
+        end_of_step(ctx, step, params.steps, params.eval_every, lambda at, best=best: save_state(
+            ctx, at, model=model, optimizer=optimizer, schedule=schedule, best=best))
 
     model, _ = load_classifier(out)  # the best weights
     val_recall, val_macro_f1 = per_class_recall(model, *val)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from engine.jobs.context import JobContext, Stopped
+from engine.jobs.context import JobContext
 
 KIND = "train_vae"
 
@@ -41,7 +41,7 @@ def run(params: Params, ctx: JobContext) -> dict:
     from engine.data.tensors import grid_png, to_model_input
     from engine.labels import CLASSES
     from engine.models.ldm import VAEConfig, build_vae, latent_scaling_factor, vae_loss
-    from engine.recipes.common import class_weights, real_split, resume, save_state
+    from engine.recipes.common import class_weights, end_of_step, real_split, resume, save_state
 
     torch.manual_seed(params.seed)
     train_images, train_labels, _ = real_split(ctx, "train", params.image_size)
@@ -72,11 +72,8 @@ def run(params: Params, ctx: JobContext) -> dict:
         for name, value in parts.items():
             ctx.log_metric(f"train/{name}", value, step)
         ctx.progress(step, steps, f"L1 {parts['l1']:.4f}")
-        stop = ctx.should_stop()  # cancel or SIGTERM: checkpoint now, within the grace period
-        if step % params.checkpoint_every == 0 or step == steps or stop:
-            save_state(ctx, step, vae=vae, optimizer=optimizer)
-            if stop:
-                raise Stopped(f"stopped at step {step}")
+        end_of_step(ctx, step, steps, params.checkpoint_every, lambda at: save_state(ctx, at, vae=vae,
+                                                                                     optimizer=optimizer))
 
     vae.eval()
     with torch.no_grad():

@@ -8,7 +8,7 @@ import pytest
 
 from engine.client import ApiError, ServerNotFound
 from engine.jobs import checkpoints
-from engine.jobs.context import CANCELLED, JobContext, Reporter
+from engine.jobs.context import CANCELLED, JobContext, Reporter, Stopped
 from engine.jobs.executor import describe_exit, job_command
 
 
@@ -140,3 +140,18 @@ def test_recipes_resume_what_they_saved(tmp_path):
     restored = resume(ctx, model=fresh, optimizer=fresh_optimizer)
     assert restored == {"step": 7, "best": {"macro_f1": 0.5}}
     assert torch.equal(fresh.weight, saved) and fresh_optimizer.state_dict()["state"]
+
+
+def test_every_training_loop_checkpoints_on_schedule_at_the_end_and_when_asked_to_stop(tmp_path):
+    """engine.recipes.common.end_of_step, the one end-of-step every recipe's loop calls."""
+    from engine.recipes.common import end_of_step
+
+    ctx = JobContext(job_id=1, attempt=1, work_dir=tmp_path, workspace=tmp_path)
+    saved = []
+    for step in range(1, 8):
+        end_of_step(ctx, step, 7, 3, saved.append)
+    assert saved == [3, 6, 7]  # every 3 steps, and the last
+    ctx.request_stop("SIGTERM")
+    with pytest.raises(Stopped, match="stopped at step 4"):
+        end_of_step(ctx, 4, 7, 3, saved.append)
+    assert saved[-1] == 4  # checkpointed before stopping, off schedule
