@@ -31,3 +31,12 @@ def test_job_parameters_are_validated_against_their_kind(tmp_path):
 
 def test_profile_params_with_overrides():
     assert load_profile("smoke").params("train_vae", steps=3)["steps"] == 3
+
+
+def test_mixed_precision_means_one_thing_everywhere_and_the_old_spelling_says_so(tmp_path):
+    base = "[data]\nimage_size = 32\nphantom_size = 70\nsplit_seed = 0\n"
+    (tmp_path / "sd.toml").write_text(base + '[jobs.finetune_sd]\npipeline = "x"\nmixed_precision = "bf16"\n')
+    with pytest.raises(ValueError, match=r"mixed_precision is true or false, as in every recipe"):
+        checked_profile("sd", tmp_path)
+    (tmp_path / "ok.toml").write_text(base + '[jobs.finetune_sd]\npipeline = "x"\nmixed_precision = true\n')
+    assert checked_profile("ok", tmp_path).params("finetune_sd")["mixed_precision"] is True

@@ -7,7 +7,7 @@ The result is an `ldm_model` artifact that `generate` samples like our own laten
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from engine.jobs.context import JobContext
 
@@ -20,9 +20,17 @@ class Params(BaseModel, extra="forbid"):
     steps: int = Field(20000, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-5, gt=0)
-    mixed_precision: str = Field("no", pattern=r"^(no|fp16|bf16)$")
+    mixed_precision: bool = Field(False, description="bf16 autocast, as in every recipe.")
     num_tokens: int = Field(1, ge=1, le=77, description="Context tokens per class embedding.")
     seed: int = 0
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _one_meaning(cls, value: object) -> object:
+        if value in ("no", "fp16", "bf16"):  # the old spelling: accelerate's strings
+            raise ValueError(f"mixed_precision is true or false, as in every recipe (true: bf16 autocast), not "
+                             f"{value!r}")
+        return value
 
 
 def run(params: Params, ctx: JobContext) -> dict:
@@ -41,7 +49,7 @@ def run(params: Params, ctx: JobContext) -> dict:
         ctx.progress(step, params.steps, f"loss {loss:.4f}")
 
     finetune(model, np.asarray(images), labels, steps=params.steps, batch_size=params.batch_size, lr=params.lr,
-             mixed_precision=params.mixed_precision, seed=params.seed, on_step=on_step)
+             mixed_precision="bf16" if params.mixed_precision else "no", seed=params.seed, on_step=on_step)
     out = ctx.artifact_dir / "ldm"
     if ctx.is_main:
         model.save_pretrained(out)
