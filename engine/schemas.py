@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Base64Bytes, BaseModel, Field, computed_field, model_validator
 
-from engine.labels import PerClass, SplitKind
+from engine.labels import ClassName, PerClass, SplitKind
 
 ClassCounts = dict[str, int]
 
@@ -108,7 +108,7 @@ class Stats(BaseModel):
 class ImageInfo(BaseModel):
     id: str
     content_id: str
-    label: str
+    label: ClassName
     source: str
     split: str | None
     lesion_id: str | None
@@ -130,7 +130,7 @@ class ImageInfo(BaseModel):
 
 class ManifestItem(BaseModel):
     id: str
-    label: str
+    label: ClassName
     split: str | None
     path: str = Field(description="Relative to the workspace's images folder.")
     lesion_id: str | None
@@ -139,7 +139,7 @@ class ManifestItem(BaseModel):
 
 class SyntheticImageIn(BaseModel, extra="forbid"):
     png: Base64Bytes = Field(description="The generated image, PNG, base64.")
-    label: str = Field(pattern=r"^(akiec|bcc|bkl|df|mel|nv|vasc)$")
+    label: ClassName
     seed: BigInt
     guidance: float = Field(allow_inf_nan=False)
     steps: int = Field(ge=1, le=MAX_INTEGER)
@@ -359,7 +359,7 @@ class DatasetVersion(BaseModel):
 
 class DatasetItem(BaseModel):
     id: str
-    label: str
+    label: ClassName
     split: str
     source: str
     path: str
@@ -441,7 +441,7 @@ class ReviewIn(BaseModel, extra="forbid"):
 class ReviewEvent(BaseModel):
     seq: int
     image_id: str
-    label: str
+    label: ClassName
     reviewer: str
     decision: Literal["accept", "reject", "unsure", "undo"]
     undoes: int | None = Field(description="For an undo: the decision it takes back.")
@@ -459,7 +459,7 @@ class ReviewHistory(BaseModel):
 
 class ReviewItem(BaseModel):
     id: str
-    label: str
+    label: ClassName
     generation_job: int | None
     seed: int | None
     guidance: float | None
@@ -482,9 +482,9 @@ class ReviewItem(BaseModel):
     near_copy: float | None
     dup_group: float | None
     sharpness: float | None
-    predicted_class: str | None = Field(description="The selector's most likely class.")
+    predicted_class: ClassName | None = Field(description="The selector's most likely class.")
     judge_prob: float | None = Field(description="The independent judge's probability of the intended class.")
-    judge_class: str | None = Field(description="The judge's most likely class.")
+    judge_class: ClassName | None = Field(description="The judge's most likely class.")
 
     @computed_field(description="Made from a checkpoint part way through diffusion training (a preview, see "
                                 "train_ldm's preview_at): the step it was made at; None for a finished model's image.")
@@ -530,13 +530,12 @@ class Agreement(BaseModel):
 
 
 # the blinded visual Turing test -------------------------------------------------------------------------------
-TuringClass = Literal["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 TuringSays = Literal["real", "synthetic"]
 
 
 class TuringSessionIn(BaseModel, extra="forbid"):
     name: str = Field(min_length=1, max_length=100)
-    classes: list[TuringClass] = Field(min_length=1, max_length=7)
+    classes: list[ClassName] = Field(min_length=1, max_length=7)
     n_images: int = Field(ge=1, le=2000, description="Items in the session, real and synthetic together.")
     real_fraction: float = Field(0.5, ge=0, le=1, description="Share of real images (0.5: as many real as "
                                                               "synthetic).")
@@ -550,7 +549,7 @@ class TuringSessionInfo(BaseModel):
     name: str
     created_by: str
     created_at: datetime
-    classes: list[str]
+    classes: list[ClassName]
     n_images: int
     real_fraction: float | None = Field(description="Admins only: readers who knew it could balance their "
                                                     "guesses.")
@@ -578,7 +577,7 @@ class TuringNext(BaseModel):
     total: int
     answered: int
     done: bool = Field(description="The caller has answered every item.")
-    classes: list[str]
+    classes: list[ClassName]
     ask_class: bool
     ask_realism: bool
     item: TuringItem | None
@@ -587,7 +586,7 @@ class TuringNext(BaseModel):
 class TuringAnswerIn(BaseModel, extra="forbid"):
     key: str = Field(min_length=1, max_length=64, description="The item key GET …/next gave.")
     says: TuringSays
-    class_guess: TuringClass | None = None
+    class_guess: ClassName | None = None
     realism: int | None = Field(None, ge=1, le=5)
 
 
@@ -620,7 +619,7 @@ class TuringStats(BaseModel):
 
 class TuringFooled(BaseModel):
     image_id: str
-    label: str
+    label: ClassName
     key: str
     answers: int
     said_real: int
