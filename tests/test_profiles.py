@@ -18,14 +18,17 @@ def test_bad_profiles_are_named(tmp_path):
         load_profile("x", tmp_path)
 
 
+def profile_with(folder, name: str, jobs: str) -> str:
+    """Write configs-like NAME.toml with a minimal [data] and the given job sections; return its name."""
+    (folder / f"{name}.toml").write_text("[data]\nimage_size = 32\nphantom_size = 70\nsplit_seed = 0\n" + jobs)
+    return name
+
+
 def test_job_parameters_are_validated_against_their_kind(tmp_path):
-    base = "[data]\nimage_size = 32\nphantom_size = 70\nsplit_seed = 0\n"
-    (tmp_path / "a.toml").write_text(base + "[jobs.train_vae]\nstepz = 3\n")
     with pytest.raises(ValueError, match=r"(?s)\[jobs.train_vae\].*stepz"):
-        checked_profile("a", tmp_path)
-    (tmp_path / "b.toml").write_text(base + "[jobs.train_gpt]\nsteps = 3\n")
+        checked_profile(profile_with(tmp_path, "a", "[jobs.train_vae]\nstepz = 3\n"), tmp_path)
     with pytest.raises(ValueError, match="unknown job kind 'train_gpt'"):
-        checked_profile("b", tmp_path)
+        checked_profile(profile_with(tmp_path, "b", "[jobs.train_gpt]\nsteps = 3\n"), tmp_path)
     assert load_profile("a", tmp_path).params("train_vae") == {"stepz": 3}  # unchecked: the engine checks on submit
 
 
@@ -34,9 +37,8 @@ def test_profile_params_with_overrides():
 
 
 def test_mixed_precision_means_one_thing_everywhere_and_the_old_spelling_says_so(tmp_path):
-    base = "[data]\nimage_size = 32\nphantom_size = 70\nsplit_seed = 0\n"
-    (tmp_path / "sd.toml").write_text(base + '[jobs.finetune_sd]\npipeline = "x"\nmixed_precision = "bf16"\n')
+    old = profile_with(tmp_path, "sd", '[jobs.finetune_sd]\npipeline = "x"\nmixed_precision = "bf16"\n')
     with pytest.raises(ValueError, match=r"mixed_precision is true or false, as in every recipe"):
-        checked_profile("sd", tmp_path)
-    (tmp_path / "ok.toml").write_text(base + '[jobs.finetune_sd]\npipeline = "x"\nmixed_precision = true\n')
-    assert checked_profile("ok", tmp_path).params("finetune_sd")["mixed_precision"] is True
+        checked_profile(old, tmp_path)
+    new = profile_with(tmp_path, "ok", '[jobs.finetune_sd]\npipeline = "x"\nmixed_precision = true\n')
+    assert checked_profile(new, tmp_path).params("finetune_sd")["mixed_precision"] is True

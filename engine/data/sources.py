@@ -163,15 +163,21 @@ def read_ham10000(path: Path) -> list[SourceRecord]:
         except UnknownLabel as e:
             problems.append(f"line {i} ({row['image_id']}): {e}")
             continue
-        file = images.get(row["image_id"])
-        if file is None:
-            missing.append(f"line {i}: no image file for image_id {row['image_id']!r}")
-            continue
-        records.append(SourceRecord(
-            name=row["image_id"], label=label, read=_reader(file), lesion_id=row["lesion_id"] or None,
-            metadata={c: row.get(c, "") for c in extra} | {"dataset": "HAM10000"},
-        ))
+        file = _image_file(images, row["image_id"], f"line {i}: no image file for image_id", missing)
+        if file is not None:
+            records.append(SourceRecord(
+                name=row["image_id"], label=label, read=_reader(file), lesion_id=row["lesion_id"] or None,
+                metadata={c: row.get(c, "") for c in extra} | {"dataset": "HAM10000"},
+            ))
     return _finish(table, records, problems, missing)
+
+
+def _image_file(images: dict[str, Path], name: str, where: str, missing: list[str]) -> Path | None:
+    """The image file a row names, or None with "<where> '<name>'" added to `missing`."""
+    file = images.get(name)
+    if file is None:
+        missing.append(f"{where} {name!r}")
+    return file
 
 
 ISIC_COLUMNS = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
@@ -209,14 +215,12 @@ def read_isic(path: Path) -> list[SourceRecord]:
             problems.append(f"line {i} ({row['image']}): exactly one of {', '.join(ISIC_COLUMNS)} must be 1, "
                             f"found {len(hot)}")
             continue
-        file = images.get(row["image"])
-        if file is None:
-            missing.append(f"line {i}: no image file for image {row['image']!r}")
-            continue
-        records.append(SourceRecord(
-            name=row["image"], label=normalise_label(hot[0]), read=_reader(file),
-            lesion_id=lesions.get(row["image"]), metadata={"dataset": "ISIC2018"},
-        ))
+        file = _image_file(images, row["image"], f"line {i}: no image file for image", missing)
+        if file is not None:
+            records.append(SourceRecord(
+                name=row["image"], label=normalise_label(hot[0]), read=_reader(file),
+                lesion_id=lesions.get(row["image"]), metadata={"dataset": "ISIC2018"},
+            ))
     return _finish(table, records, problems, missing)
 
 
