@@ -323,6 +323,30 @@ class LogChunk(BaseModel):
     finished: bool = Field(description="The job has ended: nothing more will be written.")
 
 
+class EvaluationResult(BaseModel):
+    """What an evaluate job returns (its `result`): the headline figures on one set of real images, the split kind
+    they rest on and the model's cost. The full report — per class, confusion, calibration — is its
+    `evaluation` artifact; the per-image predictions its `predictions` artifact. Fields added later default to
+    None, so results of older jobs still read."""
+
+    accuracy: float
+    balanced_accuracy: float
+    macro_f1: float
+    auc_ovr: float | None
+    ece: float | None
+    single_view: dict[str, float | None] = Field(description="The same figures from one view, without TTA.")
+    tta: bool
+    macro_f1_1view: float | None = None
+    arm: str | None = Field(None, description="What the model trained on, in words (a train run's arm).")
+    arch: str
+    split_kind: str | None = Field(None, description="lesion-aware, per-image or given: how far to trust it.")
+    external: str | None = Field(None, description="The import batch evaluated on, when not the version's test.")
+    n: int | None = Field(None, description="Images evaluated.")
+    params: int | None = None
+    gflops: float | None = None
+    latency_ms: float | None = Field(None, description="Batch-1 eager latency.")
+
+
 class JobKindInfo(BaseModel):
     name: str
     description: str

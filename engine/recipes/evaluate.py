@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from engine.jobs.context import JobContext
-from engine.schemas import IMPORT_BATCH_ID
+from engine.schemas import IMPORT_BATCH_ID, EvaluationResult
 
 KIND = "evaluate"
 PREDICTIONS_FILE = "predictions.json"
@@ -145,8 +145,9 @@ def run(params: Params, ctx: JobContext) -> dict:
     html.write_text(report_html(report, params.arm or meta["arch"]))
     ctx.save_artifact(html, "evaluation_report")
     ctx.progress(2, 2, "done")
-    return {k: report[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "ece")} | {
-        "single_view": report["single_view"], "tta": params.tta, "macro_f1_1view": single["macro_f1"],
-        "arm": params.arm, "arch": meta["arch"], "split_kind": split, "external": params.source,
-        "n": report["n"], "params": report["cost"]["params"],
-        "gflops": report["cost"]["flops"] / 1e9, "latency_ms": report["cost"]["latency_ms"]}
+    return EvaluationResult(
+        **{k: report[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "ece")},
+        single_view=report["single_view"], tta=params.tta, macro_f1_1view=single["macro_f1"], arm=params.arm,
+        arch=meta["arch"], split_kind=split, external=params.source, n=report["n"],
+        params=report["cost"]["params"], gflops=report["cost"]["flops"] / 1e9,
+        latency_ms=report["cost"]["latency_ms"]).model_dump()
