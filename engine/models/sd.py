@@ -316,6 +316,9 @@ def finetune(
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
     accelerator: Accelerator | None = None,
+    start_step: int = 0,
+    optimizer_state: dict | None = None,
+    end_of_step: Callable[[int, torch.optim.Optimizer], None] | None = None,
 ) -> None:
     """Fine-tune ``model`` in place: the UNet and the class embedding train, the VAE stays frozen.
 
@@ -325,8 +328,11 @@ def finetune(
     effective batch is ``batch_size * num_processes``. AdamW, gradient clipping at 1.0, ``steps`` optimizer steps.
     ``on_step(step, loss)`` runs on the main process after each step, step counting from 1, with that process's loss.
     ``accelerator`` (for example one made by a launcher script) overrides ``mixed_precision``. Random draws come from
-    generators seeded by ``seed`` and the process index; global RNG state is not touched. Afterwards the model is
-    unwrapped (plain module, no autocast hook) and stays on the accelerator's device.
+    generators seeded by ``seed``, the process index and ``start_step``; global RNG state is not touched. Afterwards
+    the model is unwrapped (plain module, no autocast hook) and stays on the accelerator's device.
+    Resuming: ``start_step`` steps are done already (the model holds their weights), ``optimizer_state`` is the
+    optimizer's saved state. ``end_of_step(step, optimizer)`` runs on every process after each step — a job
+    checkpoints and stops there (engine.recipes.common.end_of_step), as every recipe's loop does.
     """
     images = np.asarray(images)
     labels = np.asarray(labels)
@@ -346,16 +352,18 @@ def finetune(
 
     accelerator = accelerator or Accelerator(mixed_precision=mixed_precision)
     device = accelerator.device
-    rng = np.random.default_rng((seed, accelerator.process_index))  # data order and flips
-    generator = torch.Generator(device=device).manual_seed(seed + accelerator.process_index)  # noise, t, dropout
+    rng = np.random.default_rng((seed, accelerator.process_index, start_step))  # data order and flips
+    generator = torch.Generator(device=device).manual_seed(seed + accelerator.process_index + start_step)
 
     params = [p for p in (*model.unet.parameters(), *model.class_embed.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     wrapped.train()
 
     indices = _class_balanced_indices(labels, rng)
-    for step in range(1, steps + 1):
+    for step in range(start_step + 1, steps + 1):
         batch = np.fromiter((next(indices) for _ in range(batch_size)), dtype=np.int64, count=batch_size)
         x = torch.from_numpy(images[batch]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, H, W)
         y = torch.from_numpy(labels[batch]).to(device=device, dtype=torch.long)
@@ -372,6 +380,8 @@ def finetune(
 
         if on_step is not None and accelerator.is_main_process:
             on_step(step, loss.item())
+        if end_of_step is not None:
+            end_of_step(step, optimizer)
 
     accelerator.wait_for_everyone()
     accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)  # removes the autocast hook from `model.forward`

@@ -194,3 +194,35 @@ def test_class_balanced_indices_visit_every_class_equally() -> None:
     drawn = labels[[next(indices) for _ in range(300)]]
     assert np.bincount(drawn).tolist() == [100, 100, 100]
     assert all(sorted(drawn[i : i + 3]) == [0, 1, 2] for i in range(0, 300, 3))
+
+
+def test_finetune_checkpoints_stops_and_resumes_through_the_recipes_end_of_step(
+        model: ClassConditionedSD, pipeline_folder: Path, tmp_path: Path) -> None:
+    """The SD fine-tune loop goes through engine.recipes.common.end_of_step like every recipe: asked to stop after
+    step 2 it checkpoints there and raises Stopped; a fresh model resumed from that checkpoint trains steps 3-4
+    only, from the saved weights and optimizer state."""
+    from engine.jobs.context import JobContext, Stopped
+    from engine.recipes.common import end_of_step, resume, save_state
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(6, RES, RES, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 3, 5, 6])
+    ctx = JobContext(job_id=1, attempt=1, work_dir=tmp_path / "job", workspace=tmp_path)
+
+    def checkpoint_or_stop(step: int, optimizer, target=model) -> None:
+        if step == 2:
+            ctx.request_stop("SIGTERM")
+        end_of_step(ctx, step, 4, 100, lambda at: save_state(ctx, at, unet=target.unet,
+                                                             class_embed=target.class_embed, optimizer=optimizer))
+
+    with pytest.raises(Stopped, match="stopped at step 2"):
+        finetune(model, images, labels, steps=4, batch_size=2, lr=1e-3, end_of_step=checkpoint_or_stop)
+    fresh = ClassConditionedSD.from_pipeline_folder(pipeline_folder, resolution=RES)
+    state = resume(JobContext(job_id=1, attempt=2, work_dir=tmp_path / "job", workspace=tmp_path),
+                   unet=fresh.unet, class_embed=fresh.class_embed)
+    assert state["step"] == 2 and "optimizer" in state
+    assert all(torch.equal(v, model.unet.state_dict()[k]) for k, v in fresh.unet.state_dict().items())
+    steps: list[int] = []
+    finetune(fresh, images, labels, steps=4, batch_size=2, lr=1e-3, start_step=state["step"],
+             optimizer_state=state["optimizer"], on_step=lambda s, loss: steps.append(s))
+    assert steps == [3, 4]
