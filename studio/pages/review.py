@@ -69,9 +69,10 @@ heading = st.columns([1, 3.4, 1.6], vertical_alignment="bottom")
 heading[0].header("Review", anchor=False)
 if state.pop("review_open", False):  # "open" in the grid: set before the switch is drawn
     state.review_view = "reading"
+state.setdefault("review_view", "reading")  # the switch takes its value from here, never from a default as well
 # Reading: one image, large, for judging; grid: many at once, for bulk work. The grid is drawn only when asked
 # for: 48 thumbnails with their checkboxes would slow every decision's rerun.
-view = heading[2].segmented_control("View", ["reading", "grid"], default="reading", key="review_view",
+view = heading[2].segmented_control("View", ["reading", "grid"], key="review_view",
                                     required=True, label_visibility="collapsed",
                                     format_func={"reading": "One image", "grid": "Grid (bulk)"}.get)
 top = st.columns([3.4, 2.6, 2.0, 1.3], vertical_alignment="bottom")  # the longest class name fits at 1280 px
