@@ -78,12 +78,14 @@ def params_form(schema: dict[str, Any], values: dict[str, Any], key: str) -> tup
                                            None if current is None else cast(current),
                                            step=1 if cast is int else None, key=widget_key, help=help_text,
                                            format=None if cast is int else "%g")
-            elif type_ == "array":
-                value = parse_list(where.text_input(label, list_text(current), key=widget_key,
-                                                    help=(help_text or "") + " (comma-separated)"))
-            elif type_ == "object":
-                value = parse_map(where.text_input(label, map_text(current), key=widget_key,
-                                                   help=(help_text or "") + " (name=value, comma-separated)"))
+            elif type_ in ("array", "object"):
+                text = where.text_input(label, list_text(current) if type_ == "array" else map_text(current),
+                                        key=widget_key, help=(help_text or "") + (
+                                            " (comma-separated)" if type_ == "array" else
+                                            " (name=value, comma-separated)"))
+                # empty means "not given" where the parameter may be None: {} would be an answer (no quotas)
+                value = None if optional and not text.strip() else \
+                    parse_list(text) if type_ == "array" else parse_map(text)
             else:
                 text = where.text_input(label, "" if current is None else str(current), key=widget_key,
                                         help=help_text)

@@ -45,6 +45,19 @@ def require_token(request: Request, credentials: HTTPAuthorizationCredentials | 
     return principal
 
 
+def reads_blind(request: Request, principal: Principal) -> bool:
+    """Whether the caller reads blind: the policy says so and they are not an admin (nor the workspace token)."""
+    return principal.role != "admin" and principal.is_user and request.app.state.store.reviews.policy()["blind"]
+
+
+def refuse_if_blind(request: Request, what: str) -> None:
+    """403 for a blinded caller asking for `what`, which would show other reviewers' decisions image by image."""
+    if reads_blind(request, request.state.principal):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"blind reading is on: {what} would show other reviewers' "
+                                                       "decisions on images you have not decided. An admin can get "
+                                                       "it, or turn blind reading off (dermae policy --no-blind).")
+
+
 def require_admin(principal: Principal = Depends(require_token)) -> Principal:
     if principal.role != "admin":
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"{principal.name} is a {principal.role}: this needs an admin")

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.responses import FileResponse
 
+from engine.api.auth import refuse_if_blind
 from engine.data.images import ImageStore
 from engine.schemas import IMPORT_BATCH_ID, MAX_BIGINT, ImageInfo, ImagePage, ManifestItem, ScoreValue, Stats
 
@@ -45,7 +46,10 @@ def manifest(
     batch: Annotated[str | None, Query(pattern=IMPORT_BATCH_ID, description="Only the images this import "
                                                                              "added.")] = None,
 ) -> list[ManifestItem]:
-    """Every matching image with its file path, in a stable order: what a training job reads."""
+    """Every matching image with its file path, in a stable order: what a training job reads. Synthetic images by
+    review status are refused to a blinded reviewer."""
+    if source == "synthetic" and status is not None:
+        refuse_if_blind(request, "synthetic images by review status")
     store = request.app.state.store
     rows = store.images.manifest(source=source, split=split, status=status, generation_job=generation_job,
                                  batch=batch, accepts_needed=store.reviews.accepts_needed())

@@ -189,12 +189,20 @@ class ReviewQueries:
         with self._waiting_lock:
             self._waiting.append(pending)
         while not pending.done.is_set():
-            with self._commit_lock:  # whoever holds it commits everything waiting, its own request among them
+            # Whoever takes the lock commits everything waiting, its own request among them. While a commit is
+            # under way the others wait for their own request to be done rather than queue on the lock, where a
+            # newer thread could take it first and make them wait one fsync more.
+            if not self._commit_lock.acquire(blocking=False):
+                pending.done.wait(0.05)
+                continue
+            try:
                 if pending.done.is_set():
                     break
                 with self._waiting_lock:
                     group = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.group_commit_max))]
                 self._commit_group(group)
+            finally:
+                self._commit_lock.release()
         if pending.error is not None:
             raise pending.error
         return pending.events if pending.events is not None else self.events(pending.seqs)
@@ -315,9 +323,11 @@ class ReviewQueries:
                 since: datetime | None = None, until: datetime | None = None, seqs: list[int] | None = None,
                 limit: int = 100, offset: int = 0, blind_for: str | None = None) -> tuple[int, list[dict[str, Any]]]:
         """Decision events, newest first, each with the image's class and the undo that took it back (if any).
-        `blind_for`: that reviewer reads blind, so only events on images they have decided are listed."""
+        `blind_for`: that reviewer reads blind, so only events on images they have decided (and not taken back)
+        are listed, as the queue shows them."""
         where, params = where_given(
-            ("r.image_id IN (SELECT image_id FROM reviews WHERE reviewer = $blind_for)", "blind_for", blind_for),
+            (f"r.image_id IN (SELECT image_id FROM ({LIVE_SQL}) WHERE reviewer = $blind_for)", "blind_for",
+             blind_for),
             ("r.reviewer = $reviewer", "reviewer", reviewer), ("i.label = $label", "label", label),
             ("r.image_id = $image_id", "image_id", image_id), ("r.created_at >= $since", "since", since),
             ("r.created_at < $until", "until", until),

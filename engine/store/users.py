@@ -54,6 +54,7 @@ class UserQueries:
         # Live sessions already looked up, {token digest: (user, expires at)}: every request is authenticated, and
         # only this process revokes a session (end_session drops it here too), so a hit needs no query.
         self._live: dict[str, tuple[User, datetime]] = {}
+        self._ended: set[str] = set()  # digests this process revoked: a lookup racing the revoke must not keep one
 
     def add(self, name: str, password: str, role: str) -> User:
         if not USER_NAME.match(name):
@@ -107,15 +108,17 @@ class UserQueries:
         if row is None:
             self._live.pop(digest, None)
             return None
-        if len(self._live) >= LIVE_SESSIONS_KEPT:
-            self._live.clear()
         user = User(*row[:3])
-        self._live[digest] = (user, row[3])
+        if digest not in self._ended:
+            if len(self._live) >= LIVE_SESSIONS_KEPT:
+                self._live.clear()
+            self._live[digest] = (user, row[3])
         return user
 
     def end_session(self, token: str) -> None:
         digest = _token_digest(token)
+        self._ended.add(digest)  # first: from now on no lookup caches it
         self._live.pop(digest, None)
         with self.db.transaction() as cur:
             cur.execute("UPDATE sessions SET revoked = TRUE WHERE token_sha256 = ?", [digest])
-        self._live.pop(digest, None)  # a lookup that raced the update must not keep it
+        self._live.pop(digest, None)

@@ -27,10 +27,17 @@ st.write(f"An image is **accepted** with **{policy.accepts_needed}** accept(s) a
 if me.role == "admin":
     with st.form("policy"):
         cols = st.columns(2)
-        k = cols[0].number_input("Accepts needed (k)", 1, 20, policy.accepts_needed, key="policy_k")
-        blind = cols[1].toggle("Blind reading", policy.blind, key="policy_blind")
-        if st.form_submit_button("Set policy") and api.call(client.set_review_policy, int(k), blind) is not None:
-            st.rerun()
+        # keyed by the policy's version: changed elsewhere (CLI, another admin), the fields start from the new one
+        version = f"{policy.changed_at}"
+        k = cols[0].number_input("Accepts needed (k)", 1, 20, policy.accepts_needed, key=f"policy_k_{version}")
+        blind = cols[1].toggle("Blind reading", policy.blind, key=f"policy_blind_{version}")
+        if st.form_submit_button("Set policy"):
+            changed = {"accepts_needed": int(k) if k != policy.accepts_needed else None,
+                       "blind": blind if blind != policy.blind else None}  # only what this admin changed
+            if all(v is None for v in changed.values()):
+                st.info("Nothing changed.")
+            elif api.call(client.set_review_policy, **changed) is not None:
+                st.rerun()
     trail = api.call(client.review_policy_history) or []
     if trail:
         with st.expander(f"Policy changes ({len(trail)})"):

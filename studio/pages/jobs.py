@@ -35,7 +35,8 @@ def step_editor(pipeline: PipelineSubmit, key: str) -> PipelineSubmit | None:
     kept while another step is shown. None while a field does not parse."""
     schemas = api.call(kind_schemas, client) or {}
     # edits belong to this chain as the profile and version made it: another profile or version starts afresh
-    edits = st.session_state.setdefault(f"{key}_edits_{hash(pipeline.model_dump_json())}", {})
+    made = hash(pipeline.model_dump_json())
+    edits = st.session_state.setdefault(f"{key}_edits_{made}", {})
     steps = {step.key: step for step in pipeline.steps}
     which = st.selectbox("Adjust a step", list(steps), key=f"{key}_step", format_func=lambda k: (
         f"{k} · {steps[k].kind}" + (f" (after {', '.join(steps[k].after_keys)})" if steps[k].after_keys else "")
@@ -44,8 +45,9 @@ def step_editor(pipeline: PipelineSubmit, key: str) -> PipelineSubmit | None:
     if step.kind not in schemas:
         st.error(f"the engine does not know job kind {step.kind!r}")
         return None
+    # the widgets' keys carry the chain's identity too: a field drawn for another version must not keep its value
     edits[which], problems = params_form(schemas[step.kind], edits.get(which, step.params),
-                                         key=f"{key}_{pipeline.name}_{which}")
+                                         key=f"{key}_{pipeline.name}_{made}_{which}")
     for problem in problems:
         st.error(f"{which}: {problem}")
     return None if problems else PipelineSubmit(name=pipeline.name, steps=[

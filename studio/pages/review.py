@@ -54,6 +54,16 @@ def known_reviewers(_client) -> list[str]:
     return _client.reviewers()
 
 
+def nothing_text() -> str:
+    """Why the page is empty, in the terms of the filters chosen."""
+    text = "Nothing to review with these filters." + (" Your queue for this class is empty." if mine else "")
+    policy = api.call(client.review_policy)
+    if policy is not None and policy.blind and me.role != "admin" and (status != "all" or reviewer) and mine:
+        text += (" Under blind reading, a status or reviewer filter shows only images you have decided, and your "
+                 "queue holds none of those: turn *My queue only* off to see them.")
+    return text
+
+
 state = st.session_state
 client = api.client()
 me = api.session().user
@@ -312,8 +322,7 @@ def reading_view() -> None:
             reading[1].image(png, width=READING_SIDE, caption=f"nearest real training image (judge's features, "
                                                               f"distance {current.nearest_real_dist:.3g}) · {shown}")
     else:
-        reading[0].info("Nothing to review with these filters." + (" Your queue for this class is empty."
-                                                                   if mine else ""))
+        reading[0].info(nothing_text())
     with reading[2]:
         action_bar()
         if current is not None:
@@ -332,8 +341,7 @@ def grid_view() -> None:
         action_bar()
     with grid:
         first, last = state.review_offset + 1, state.review_offset + len(items)
-        st.caption(f"{page.total} images match · showing {first}–{last}" if items else
-                   "Nothing to review with these filters." + (" Your queue for this class is empty." if mine else ""))
+        st.caption(f"{page.total} images match · showing {first}–{last}" if items else nothing_text())
         choose = st.columns([1.3, 1.2, 3])
         if choose[0].button("Select all on page", key="review_select_all", disabled=not items):
             for i in items:

@@ -153,9 +153,24 @@ def test_reading_is_blind_for_reviewers_not_for_admins_and_the_policy_change_is_
     assert all(e.image_id != image for e in bob.review_history(limit=1000).items)
     seen_by_ada = next(i for i in ada.review_queue(label="vasc", limit=100).items if i.id == image)
     assert not seen_by_ada.blinded and seen_by_ada.status == "rejected" and seen_by_ada.reviewers == ["ann"]
+    # nor anywhere else: synthetic images by status, a reviewed version's images, a small agreement table
+    ann.decide([server.ids["vasc"][2]], "accept")  # so a reviewed version holds a synthetic image
+    version = ada.freeze_dataset("blind-check", None)
+    assert version.counts["synthetic"]
+    for ask in (lambda: bob.manifest(source="synthetic", status="rejected"),
+                lambda: bob.dataset_manifest(version.id)):
+        with pytest.raises(ApiError) as e:
+            ask()
+        assert e.value.status_code == 403 and "blind reading is on" in e.value.detail
+    assert bob.agreement()["vasc"].table == {} and ada.agreement()["vasc"].table  # admins see it
     bob.decide([image], "accept")
     after = next(i for i in bob.review_queue(label="vasc", limit=100).items if i.id == image)
     assert not after.blinded and after.reviewers == ["ann", "bob"] and after.status == "rejected"
+    [mine] = [e for e in bob.review_history(image_id=image).items if e.reviewer == "bob"]
+    bob.undo(mine.seq)  # taken back: blind again, in the queue and in the history alike
+    assert bob.review_history(image_id=image).total == 0
+    assert next(i for i in bob.review_queue(label="vasc", limit=100).items if i.id == image).blinded
+    bob.decide([image], "accept")
 
     assert not ada.set_review_policy(blind=False).blind
     other = server.ids["vasc"][1]

@@ -24,3 +24,8 @@ def signed_in(name: str, page: str, password: str | None = None) -> AppTest:
 def table_with(at: AppTest, column: str):
     """The first dataframe on the page that has `column` (a pandas DataFrame)."""
     return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def field(widgets, prefix: str):
+    """The widget among `widgets` whose key starts with `prefix` (keys that carry a version after it)."""
+    return next(w for w in widgets if w.key and w.key.startswith(prefix))

@@ -6,7 +6,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.processes import review_server
-from tests.studio.apptest import APP, table_with
+from tests.studio.apptest import APP, field, table_with
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +138,14 @@ def test_reading_is_blind_a_second_reviewer_sees_no_first_decision_until_decidin
     assert "status **rejected** · 1 accept, 1 reject · ann, bob" in " ".join(m.value for m in at.markdown)
 
 
+def test_an_empty_page_under_blind_reading_says_why(server, app):
+    at = app("bob", "pages/review.py")
+    at.selectbox(key="review_class").select("df").run()
+    at.segmented_control(key="review_status").set_value("accepted").run()
+    assert any("Under blind reading, a status or reviewer filter shows only images you have decided" in i.value
+               for i in at.info)
+
+
 def test_a_bulk_decision_names_its_count_and_waits_for_a_confirmation(server, app):
     at = app("ann", "pages/review.py")
     at.selectbox(key="review_class").select("bkl").run()
@@ -222,15 +230,20 @@ def test_a_viewer_can_look_but_not_decide(app):
 
 def test_agreement_page_lets_an_admin_set_the_policy(server, app):
     at = app("ada", "pages/agreement.py")
-    at.number_input(key="policy_k").set_value(2)
+    field(at.number_input, "policy_k_").set_value(2)
     next(b for b in at.button if b.label == "Set policy").click().run()
     assert server.client().review_policy().accepts_needed == 2
     assert "**2** accept(s)" in at.markdown[0].value and "Reading is **blind**" in at.markdown[0].value
-    at.toggle(key="policy_blind").set_value(False)
+    server.client().set_review_policy(3)  # another admin changes k meanwhile: this page's k field follows
+    at.run()
+    field(at.toggle, "policy_blind_").set_value(False)
     next(b for b in at.button if b.label == "Set policy").click().run()
-    assert not server.client().review_policy().blind and "Reading is **open**" in at.markdown[0].value
+    policy = server.client().review_policy()
+    assert not policy.blind and policy.accepts_needed == 3  # only the switch was sent: k is not reverted
+    assert "Reading is **open**" in at.markdown[0].value
+    server.client().set_review_policy(2)
     trail = table_with(at, "reading")  # the policy's changes, newest first, with who made them
-    assert trail["by"].tolist()[:2] == ["ada", "ada"] and trail["reading"].tolist()[:2] == ["open", "blind"]
+    assert trail["by"].tolist()[:2] == ["ada", "engine"] and trail["reading"].tolist()[:2] == ["open", "blind"]
     server.client().set_review_policy(1, blind=True)
     agreement = table_with(at, "kappa [95% CI]")
     assert agreement["scope"].tolist()[0] == "all classes" and len(agreement) == 8

@@ -62,11 +62,11 @@ def test_jobs_page_starts_a_train_chain_with_the_profiles_defaults(server, app, 
     assert at.selectbox(key="jobs_profile").value == "smoke"  # DERMAE_PROFILE
     at.selectbox(key="jobs_train_dataset").set_value(version.id).run()
     assert not at.text_area  # typed fields, no raw JSON
-    steps = at.number_input(key="jobs_train_train-smoke_mae__steps")
+    steps = widget_ending(at.number_input, "_mae__steps")
     assert steps.value == 4  # configs/smoke.toml's value
     steps.set_value(6).run()
     at.selectbox(key="jobs_train_step").set_value("teacher").run()  # another step; the change is kept
-    assert at.toggle(key="jobs_train_train-smoke_teacher__mixed_precision") is not None
+    assert widget_ending(at.toggle, "_teacher__mixed_precision") is not None
     at.button(key="jobs_start_train").click().run()
     assert not at.exception, at.exception
     run_id = at.session_state["jobs_started"]
@@ -81,6 +81,28 @@ def test_jobs_page_starts_a_train_chain_with_the_profiles_defaults(server, app, 
     for job in run.jobs:  # not needed further (the browser test runs a chain to the end)
         with contextlib.suppress(ApiError):  # 409: already failed as "upstream failed" by an earlier cancel
             client.cancel_job(job.id)
+
+
+def widget_ending(widgets, suffix: str):
+    """The Jobs form's widget whose key ends so (keys also carry the chain's identity)."""
+    return next(w for w in widgets if w.key and w.key.endswith(suffix))
+
+
+def test_a_parameter_left_empty_stays_unset_where_none_means_something(server, app, monkeypatch):
+    """generate's quotas: None means "the planner decides"; an empty box must not send {} (no images at all)."""
+    client = server.client()
+    monkeypatch.setenv("DERMAE_PROFILE", "smoke")
+    at = app("ada", "pages/jobs.py")
+    at.selectbox(key="jobs_gen_step").set_value("generate").run()
+    assert widget_ending(at.text_input, "_generate__quotas").value == ""
+    before = {j.id for j in client.jobs(limit=500).items}
+    at.button(key="jobs_start_generator").click().run()
+    started = [j for j in client.jobs(limit=500).items if j.id not in before]
+    for job in started:  # not needed further
+        with contextlib.suppress(ApiError):
+            client.cancel_job(job.id)
+    [generate] = [j for j in started if j.kind == "generate"]
+    assert generate.params.get("quotas") is None
 
 
 def test_jobs_page_queues_generation_with_the_profiles_per_class_oversampling(server, app, monkeypatch):
