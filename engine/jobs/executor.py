@@ -31,6 +31,9 @@ class Executor(Protocol):
 
 
 WORKER_MODULE = "engine.worker"  # the job process's entry point: above the recipes it runs, so outside jobs/
+# What a job process's command line may name: an engine upgraded while jobs ran still recognises their processes
+# (they were started as `engine.jobs.run` before the entry point moved), so a restart stops them before re-queuing.
+WORKER_MODULES = (WORKER_MODULE, "engine.jobs.run")
 
 
 def job_command(job_id: int, num_processes: int) -> list[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from engine.jobs.executor import WORKER_MODULE, Executor, Launched, LocalExecutor, describe_exit
+from engine.jobs.executor import WORKER_MODULES, Executor, Launched, LocalExecutor, describe_exit
 from engine.settings import Settings
 from engine.store import Store
 
@@ -110,7 +110,7 @@ class Scheduler:
             cmdline = " ".join(process.cmdline())
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return
-        if WORKER_MODULE not in cmdline or str(job_id) not in cmdline.split():
+        if not any(module in cmdline for module in WORKER_MODULES) or str(job_id) not in cmdline.split():
             return  # the pid now belongs to something else
         group = [process, *process.children(recursive=True)]
         for p in group:
