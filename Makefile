@@ -54,6 +54,7 @@ bench: install  ## benchmarks: print figures and ratios, assert nothing about ti
 	$(BIN)/python bench/mae_speed.py
 	$(BIN)/python bench/review_speed.py
 	$(BIN)/python bench/review_load.py
+	$(BIN)/python bench/review_browser.py
 	$(BIN)/python bench/serve_latency.py
 
 clean:
