@@ -48,7 +48,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: install  ## benchmarks: print figures and ratios, assert nothing about time
+bench: install $(CHROMIUM)  ## benchmarks: print figures and ratios, assert nothing about time
 	$(BIN)/python bench/import_speed.py
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/mae_speed.py
