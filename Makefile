@@ -48,12 +48,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: install  ## benchmarks: print figures and ratios, assert nothing about time
+bench: install $(CHROMIUM)  ## benchmarks: print figures and ratios, assert nothing about time
 	$(BIN)/python bench/import_speed.py
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/mae_speed.py
 	$(BIN)/python bench/review_speed.py
 	$(BIN)/python bench/review_load.py
+	$(BIN)/python bench/review_browser.py
 	$(BIN)/python bench/serve_latency.py
 
 clean:

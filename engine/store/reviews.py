@@ -132,7 +132,8 @@ class ReviewQueries:
         self.group_commit_max = group_commit_max  # 1: one transaction per request (the bench's "before")
         self._waiting: deque[_Pending] = deque()
         self._waiting_lock = threading.Lock()
-        self._commit_lock = threading.Lock()
+        self._turn = threading.Condition()  # notified when a commit ends
+        self._committing = False
 
     # -- the policy ---------------------------------------------------------------------------------------------
     def policy(self) -> dict[str, Any]:
@@ -188,21 +189,23 @@ class ReviewQueries:
         pending = _Pending(list(dict.fromkeys(image_ids)), reviewer, decision, reasons, note, request_id)
         with self._waiting_lock:
             self._waiting.append(pending)
-        while not pending.done.is_set():
-            # Whoever takes the lock commits everything waiting, its own request among them. While a commit is
-            # under way the others wait for their own request to be done rather than queue on the lock, where a
-            # newer thread could take it first and make them wait one fsync more.
-            if not self._commit_lock.acquire(blocking=False):
-                pending.done.wait(0.05)
-                continue
-            try:
+        while True:
+            # Leader and followers: while a commit is under way the others wait; when it ends, those it recorded
+            # leave, and one of the rest commits everything waiting by then, its own request among them.
+            with self._turn:
+                while self._committing and not pending.done.is_set():
+                    self._turn.wait()
                 if pending.done.is_set():
                     break
+                self._committing = True
+            try:
                 with self._waiting_lock:
                     group = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.group_commit_max))]
                 self._commit_group(group)
             finally:
-                self._commit_lock.release()
+                with self._turn:
+                    self._committing = False
+                    self._turn.notify_all()
         if pending.error is not None:
             raise pending.error
         return pending.events if pending.events is not None else self.events(pending.seqs)
