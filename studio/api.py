@@ -98,15 +98,24 @@ def prefetch_thumbnails(signed_in: Client, image_ids: list[str]) -> None:
                 kept.popitem(last=False)
 
 
-def thumbnail_uri(signed_in: Client, image_id: str) -> str:
-    """A data: URI of an image's thumbnail, for an image column of a table (fetched if not held yet)."""
+def held_thumbnail(signed_in: Client, image_id: str) -> bytes:
+    """An image's thumbnail from the shared cache, fetched into it first if not held yet."""
     kept, lock = _thumbnails()
     with lock:
         data = kept.get(image_id)
-    if data is None:
-        prefetch_thumbnails(signed_in, [image_id])
-        with lock:
-            data = kept.get(image_id, b"")
+        if data is not None:
+            kept.move_to_end(image_id)  # least recently used goes first
+            return data
+    prefetch_thumbnails(signed_in, [image_id])
+    with lock:
+        data = kept.get(image_id)
+    # not answered in a batch (an unknown id): asked alone, the engine says why
+    return data if data is not None else signed_in.image_bytes(image_id, thumbnail=True)
+
+
+def thumbnail_uri(signed_in: Client, image_id: str) -> str:
+    """A data: URI of an image's thumbnail, for an image column of a table."""
+    data = held_thumbnail(signed_in, image_id)
     kind = "png" if data.startswith(b"\x89PNG") else "jpeg" if data.startswith(b"\xff\xd8") else "webp"
     return f"data:image/{kind};base64,{base64.b64encode(data).decode()}"
 
@@ -118,13 +127,7 @@ def image_png(_client: Client, image_id: str, side: int, smooth: bool, thumbnail
     `square`: its centre square only, the part of the frame the models are trained on; `through`: first brought
     to that size, to show what a model of that input size sees. Ids are content hashes, so the cache never goes
     stale and is shared by every session."""
-    kept, lock = _thumbnails()
-    with lock:
-        data = kept.get(image_id) if thumbnail else None
-        if data is not None:
-            kept.move_to_end(image_id)  # least recently used goes first
-    if data is None:
-        data = _client.image_bytes(image_id, thumbnail=thumbnail)
+    data = held_thumbnail(_client, image_id) if thumbnail else _client.image_bytes(image_id, thumbnail=False)
     with Image.open(io.BytesIO(data)) as img:
         rgb = square_resize(img, through) if through else square_resize(img, min(img.size)) if square \
             else img.convert("RGB")

@@ -44,16 +44,17 @@ def manifest(
     source: Annotated[str | None, Query(pattern=r"^(real|synthetic)$")] = None,
 ) -> list[DatasetItem]:
     """The version's images. Refused to a blinded reviewer when its synthetic images were chosen by review."""
-    refuse_reviewed_if_blind(request, version_id, source)
-    return [DatasetItem(**r) for r in request.app.state.store.datasets.manifest(version_id, split, source)]
+    store = request.app.state.store
+    if source != "real":
+        refuse_reviewed_if_blind(request, store.datasets.get(version_id))
+    return [DatasetItem(**r) for r in store.datasets.manifest(version_id, split, source)]
 
 
-def refuse_reviewed_if_blind(request: Request, version_id: str, source: str | None = None) -> None:
+def refuse_reviewed_if_blind(request: Request, version: dict) -> None:
     """A version whose synthetic images reviewers chose lists what they accepted, image by image."""
-    version = request.app.state.store.datasets.get(version_id)
     reviewed = version["policy"].get("selection") not in ("scores", "all")
-    if source != "real" and reviewed and version["counts"].get("synthetic"):
-        refuse_if_blind(request, f"the images of {version_id}, chosen by review,")
+    if reviewed and version["counts"].get("synthetic"):
+        refuse_if_blind(request, f"the images of {version['id']}, chosen by review,")
 
 
 @router.get("/{version_id}/export.zip", response_class=FileResponse, responses=_ERRORS)
@@ -62,7 +63,7 @@ def export(version_id: VersionId, request: Request) -> FileResponse:
     torchvision's ImageFolder reads. Built on first request, then kept (versions never change)."""
     store, settings = request.app.state.store, request.app.state.settings
     version = store.datasets.get(version_id)  # an unknown id stops here: no path is built from it
-    refuse_reviewed_if_blind(request, version_id)
+    refuse_reviewed_if_blind(request, version)
     folder = (settings.workspace / version["manifest_path"]).parent
     archive = export_zip(version_id, store.datasets.manifest(version_id), ImageStore(settings.images_dir),
                          folder / "manifest.parquet", folder / f"{version_id}.zip")

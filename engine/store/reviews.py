@@ -247,15 +247,15 @@ class ReviewQueries:
         for item in group:
             if item.request_id is not None:
                 key = (item.reviewer, item.request_id)
-                done = (used[key],) if key in used else None
-                first = firsts.get(key)
-                if done or first is not None:
-                    used_for = [e["image_id"] for e in self.events(list(done[0]))] if done else first.image_ids
+                recorded, first = used.get(key), firsts.get(key)  # by an earlier commit / earlier in this group
+                if recorded is not None or first is not None:
+                    used_for = [e["image_id"] for e in self.events(list(recorded))] if recorded is not None \
+                        else first.image_ids
                     if used_for != item.image_ids:
                         item.error = ReviewConflict(f"request {item.request_id} was already used for other images: "
                                                     "send a new request id for a new decision")
-                    elif done:
-                        item.seqs = list(done[0])
+                    elif recorded is not None:
+                        item.seqs = list(recorded)
                     else:
                         item.same_as = first
                     continue
@@ -273,21 +273,20 @@ class ReviewQueries:
         if not count:
             return
         seqs = iter([r[0] for r in cur.execute("SELECT nextval('review_seq') FROM range(?)", [count]).fetchall()])
-        rows: dict[str, list] = {k: [] for k in ("seq", "image_id", "reviewer", "decision", "reasons", "note")}
+        events = []  # the rows written are these events' columns
         for item in writing:
             item.seqs = [next(seqs) for _ in item.image_ids]
             item.events = [{"seq": seq, "image_id": image_id, "label": found[image_id][1], "reviewer": item.reviewer,
                             "decision": item.decision, "undoes": None, "reasons": item.reasons, "note": item.note,
                             "created_at": now, "undone_by": None}
                            for seq, image_id in zip(item.seqs, item.image_ids, strict=True)]
-            for seq, image_id in zip(item.seqs, item.image_ids, strict=True):
-                for key, value in (("seq", seq), ("image_id", image_id), ("reviewer", item.reviewer),
-                                   ("decision", item.decision), ("reasons", item.reasons), ("note", item.note)):
-                    rows[key].append(value)
+            events += item.events
+        column = lambda name: [e[name] for e in events]  # noqa: E731
         cur.register("new_reviews", pa.table({
-            **rows, "undoes": pa.array([None] * count, pa.int64()),
-            "reasons": pa.array(rows["reasons"], pa.list_(pa.string())), "note": pa.array(rows["note"], pa.string()),
-            "created_at": [now] * count}))
+            "seq": column("seq"), "image_id": column("image_id"), "reviewer": column("reviewer"),
+            "decision": column("decision"), "undoes": pa.array(column("undoes"), pa.int64()),
+            "reasons": pa.array(column("reasons"), pa.list_(pa.string())),
+            "note": pa.array(column("note"), pa.string()), "created_at": column("created_at")}))
         cur.execute("INSERT INTO reviews BY NAME SELECT * FROM new_reviews")
         cur.unregister("new_reviews")
         requests = [item for item in writing if item.request_id is not None]

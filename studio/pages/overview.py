@@ -86,7 +86,7 @@ if api.can_decide():
         st.info("No generator is trained yet: start one with `dermae pipeline generator` (or `make demo`).")
     label = f"Queue generation of {needed:,} images for the deficit…" if needed else "No class needs images"
     if st.button(label, disabled=needed == 0 or not (trained or training), type="primary", key="overview_generate"):
-        st.session_state.overview_confirm = needed
+        st.session_state.overview_confirm = True  # the count shown is the deficit as it stands when confirmed
     if st.session_state.get("overview_confirm"):
         st.warning(f"Generate **{needed:,}** images ({', '.join(f'{c} {n:,}' for c, n in deficit.items() if n)})? "
                    f"That is {generation_estimate(client, needed)}.")
