@@ -201,13 +201,48 @@ class JobState(StrEnum):
 TERMINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
 
 
+class JobResources(BaseModel, extra="forbid"):
+    """What a job asks of the machine it runs on. The local executor uses `nodes` only (more than one is refused:
+    it has one machine); the Slurm executor turns every field into an `sbatch` option."""
+
+    nodes: int = Field(1, ge=1, le=64, description="Machines; the job's processes are spread evenly over them.")
+    gpus_per_node: int = Field(0, ge=0, le=16, description="GPUs on each node (sbatch --gpus-per-node).")
+    cpus_per_task: int | None = Field(None, ge=1, le=512, description="CPU cores per node (sbatch --cpus-per-task); "
+                                                                       "default: the partition's.")
+    mem_gb: float | None = Field(None, gt=0, le=8192, description="Memory per node in GB (sbatch --mem).")
+    time_limit_min: int | None = Field(None, ge=1, le=60 * 24 * 60, description="Minutes before Slurm stops the "
+                                                                                 "job (sbatch --time).")
+    partition: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
+                                  description="A Slurm partition other than the engine's default.")
+
+    def describe(self, processes: int) -> str:
+        """In words, for the CLI and the studio: "2 processes on 1 node, 1 GPU/node, 8 CPUs, 32 GB, 240 min"."""
+        parts = [f"{processes} process{'es' if processes > 1 else ''} on {self.nodes} "
+                 f"node{'s' if self.nodes > 1 else ''}"]
+        parts += [f"{self.gpus_per_node} GPU/node"] if self.gpus_per_node else []
+        parts += [f"{self.cpus_per_task} CPUs"] if self.cpus_per_task else []
+        parts += [f"{self.mem_gb:g} GB"] if self.mem_gb else []
+        parts += [f"{self.time_limit_min} min"] if self.time_limit_min else []
+        parts += [f"partition {self.partition}"] if self.partition else []
+        return ", ".join(parts)
+
+
 class JobSubmit(BaseModel, extra="forbid"):
     kind: str
     params: dict[str, Any] = {}
     after: list[BigInt] = Field([], description="Job ids that must succeed before this one starts.")
-    num_processes: int = Field(1, ge=1, le=64, description="More than 1 launches through `accelerate launch`.")
+    num_processes: int = Field(1, ge=1, le=64, description="More than 1 launches through `accelerate launch`, "
+                                                           "spread evenly over `resources.nodes`.")
+    resources: JobResources = JobResources()
     max_attempts: int = Field(2, ge=1, le=10, description="Attempts when the server dies under the job.")
     heartbeat_timeout: float = Field(300, ge=1, le=86400, description="Seconds without life before it is ended.")
+
+    @model_validator(mode="after")
+    def _processes_fill_nodes(self) -> JobSubmit:
+        if self.num_processes % self.resources.nodes:
+            raise ValueError(f"num_processes ({self.num_processes}) must be a multiple of resources.nodes "
+                             f"({self.resources.nodes}): every node runs the same number of processes")
+        return self
 
 
 class PipelineStep(JobSubmit):
@@ -241,8 +276,10 @@ class JobInfo(BaseModel):
     attempt: int
     max_attempts: int
     num_processes: int
+    resources: JobResources
     heartbeat_timeout: float
     pid: int | None
+    slurm_job_id: str | None = Field(None, description="Set when the Slurm executor submitted the running attempt.")
     progress: Progress
     result: Any = None
     error: str | None

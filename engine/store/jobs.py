@@ -21,7 +21,8 @@ ACTIVE = ("running", "cancelling")
 
 JOB_COLUMNS = ("id", "kind", "params", "state", "after", "pipeline_id", "pipeline_key", "attempt", "max_attempts",
                "num_processes", "heartbeat_timeout", "pid", "progress_done", "progress_total",
-               "progress_message", "result", "error", "created_at", "started_at", "finished_at", "heartbeat_at")
+               "progress_message", "result", "error", "created_at", "started_at", "finished_at", "heartbeat_at",
+               "resources", "slurm_job_id")
 
 
 class UnknownJob(LookupError):
@@ -37,6 +38,7 @@ def _job(row: tuple) -> dict[str, Any]:
     job["params"] = json.loads(job["params"])
     job["result"] = json.loads(job["result"]) if job["result"] is not None else None
     job["after"] = list(job["after"] or [])
+    job["resources"] = json.loads(job["resources"]) if job["resources"] is not None else {}
     return job
 
 
@@ -69,11 +71,11 @@ class JobQueries:
                         raise UnknownJob(f"no job(s) {', '.join(map(str, missing))} to wait on")
                 job_id = cur.execute(
                     "INSERT INTO jobs (kind, params, state, after, pipeline_id, pipeline_key, max_attempts, "
-                    "num_processes, heartbeat_timeout, created_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?) "
-                    "RETURNING id",
+                    "num_processes, heartbeat_timeout, resources, created_at) "
+                    "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     [spec["kind"], json.dumps(spec.get("params", {})), after, pipeline_id,
                      spec.get("pipeline_key"), spec.get("max_attempts", 2), spec.get("num_processes", 1),
-                     spec.get("heartbeat_timeout", 300.0), utc_now()],
+                     spec.get("heartbeat_timeout", 300.0), json.dumps(spec.get("resources") or {}), utc_now()],
                 ).fetchone()[0]
                 self._event(cur, job_id, 0, "queued", None)
                 ids.append(job_id)
@@ -144,7 +146,8 @@ class JobQueries:
             now = utc_now()
             row = cur.execute(
                 f"UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = ?, heartbeat_at = ?, "
-                f"pid = NULL, error = NULL, finished_at = NULL WHERE id = ? AND state = 'queued' "
+                f"pid = NULL, slurm_job_id = NULL, error = NULL, finished_at = NULL "
+                f"WHERE id = ? AND state = 'queued' "
                 f"RETURNING {', '.join(JOB_COLUMNS)}", [now, now, job_id]).fetchone()
             if row is None:
                 return None
@@ -155,6 +158,26 @@ class JobQueries:
     def set_pid(self, job_id: int, pid: int) -> None:
         with self.db.transaction() as cur:
             cur.execute("UPDATE jobs SET pid = ? WHERE id = ?", [pid, job_id])
+
+    def set_slurm_job(self, job_id: int, attempt: int, slurm_job_id: str, message: str) -> None:
+        """Record the Slurm job that runs this attempt, with an event saying where it was submitted."""
+        with self.db.transaction() as cur:
+            cur.execute("UPDATE jobs SET slurm_job_id = ? WHERE id = ? AND attempt = ?",
+                        [slurm_job_id, job_id, attempt])
+            self._event(cur, job_id, attempt, "submitted", message)
+
+    def note(self, job_id: int, attempt: int, event: str, message: str) -> None:
+        """An event in the job's history from the engine's side (a scancel sent, a re-attach after a restart)."""
+        with self.db.transaction() as cur:
+            self._event(cur, job_id, attempt, event, message)
+
+    def touch(self, job_id: int, attempt: int, message: str | None = None) -> None:
+        """Count the job as alive (it waits in a cluster queue, or was just re-attached); with `message`, show it
+        as the job's progress message."""
+        with self.db.transaction() as cur:
+            cur.execute("UPDATE jobs SET heartbeat_at = ?, progress_message = coalesce(?, progress_message) "
+                        "WHERE id = ? AND attempt = ? AND state IN ('running', 'cancelling')",
+                        [utc_now(), message, job_id, attempt])
 
     # report (from the job process) ------------------------------------------------------------------------
     def _live(self, cur: Any, job_id: int, attempt: int) -> str:

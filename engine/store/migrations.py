@@ -235,6 +235,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         -- column) reads as the default, blind
         ALTER TABLE review_policy ADD COLUMN blind BOOLEAN;
     """),
+    (11, "jobs say what they ask of a machine, and which Slurm job runs them", """
+        -- JobResources as JSON (nodes, GPUs, CPUs, memory, time limit, partition); NULL reads as the defaults
+        ALTER TABLE jobs ADD COLUMN resources JSON;
+        -- the running attempt's Slurm job id under the Slurm executor: the key that re-attaches a restarted
+        -- engine to it instead of submitting it again
+        ALTER TABLE jobs ADD COLUMN slurm_job_id VARCHAR;
+    """),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
