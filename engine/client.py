@@ -87,13 +87,17 @@ class ServerNotFound(RuntimeError):
 
 
 class Client:
-    def __init__(self, base_url: str, token: str | None, timeout: float = 30.0):
+    def __init__(self, base_url: str, token: str | None, timeout: float = 30.0, unreachable_wait: float = 0.0):
+        """`unreachable_wait`: seconds to keep retrying a request the engine refused to connect (it never arrived,
+        so any request may be sent again) — a job process rides out an engine restart this way."""
         self.base_url = base_url.rstrip("/")
+        self.unreachable_wait = unreachable_wait
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None, timeout: float = 30.0) -> Client:
+    def from_settings(cls, settings: Settings | None = None, timeout: float = 30.0,
+                      unreachable_wait: float = 0.0) -> Client:
         settings = settings or Settings.from_env()
         url = api_url(settings)
         if url is None:
@@ -101,7 +105,7 @@ class Client:
                 f"no engine server found for workspace {settings.workspace}: start one with `dermae serve` "
                 "(or `dermae up`), or set DERMAE_API_URL"
             )
-        return cls(url, api_token(settings), timeout=timeout)
+        return cls(url, api_token(settings), timeout=timeout, unreachable_wait=unreachable_wait)
 
     @property
     def http(self) -> httpx.Client:
@@ -119,10 +123,18 @@ class Client:
 
     def _request(self, method: str, path: str, timeout: float | None = None, **kwargs: Any) -> httpx.Response:
         extra = {"timeout": timeout} if timeout is not None else {}
-        try:
-            response = self._http.request(method, path, **kwargs, **extra)
-        except httpx.TransportError as e:
-            raise ServerNotFound(f"cannot reach the engine at {self.base_url}: {e}") from None
+        deadline, pause = time.monotonic() + self.unreachable_wait, 0.25
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs, **extra)
+                break
+            except httpx.ConnectError as e:
+                if time.monotonic() + pause > deadline:
+                    raise ServerNotFound(f"cannot reach the engine at {self.base_url}: {e}") from None
+                time.sleep(pause)
+                pause = min(2 * pause, 5.0)
+            except httpx.TransportError as e:
+                raise ServerNotFound(f"cannot reach the engine at {self.base_url}: {e}") from None
         if response.is_error:
             try:
                 body = response.json()

@@ -110,8 +110,10 @@ def _with_follow_ups(specs: list[dict]) -> list[dict]:
         out.append(spec | {"pipeline_key": key})
         then = get_kind(spec["kind"]).then
         if then:
+            # one process, on the kind of node its parent ran on (a cluster's GPU partition)
+            resources = spec.get("resources") and {**spec["resources"], "nodes": 1}
             out.append({"kind": then, "params": _validated(then, {}), "after_keys": [key],
-                        "pipeline_key": f"{key}.{then}"})
+                        "pipeline_key": f"{key}.{then}"} | ({"resources": resources} if resources else {}))
     return out
 
 

@@ -1,6 +1,7 @@
 """Checkpoints as folders, written atomically and verified before use.
 
-`step-000000012/` holds whatever files a recipe writes plus `MANIFEST.json` with each file's SHA-256. A
+`step-000000012/` holds whatever files a recipe writes plus `MANIFEST.json` with each file's SHA-256 and the process
+that wrote it (rank, host, pid: under several processes only rank 0 may). A
 checkpoint is written under a temporary name and renamed into place only when complete, so a crash or a full
 disk mid-write leaves the previous one intact; loading checks every hash and falls back to an older checkpoint,
 saying why, when a file is damaged.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +55,8 @@ def save(root: Path, step: int, write: Callable[[Path], None], keep: int = 2) ->
                 with p.open("rb") as f:
                     os.fsync(f.fileno())
                 files[p.relative_to(tmp).as_posix()] = sha256_file(p)
-        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}))
+        writer = {"rank": int(os.environ.get("RANK", "0")), "host": socket.gethostname(), "pid": os.getpid()}
+        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files, "writer": writer}))
         with (tmp / MANIFEST).open("rb") as f:
             os.fsync(f.fileno())
         if final.exists():

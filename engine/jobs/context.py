@@ -8,6 +8,7 @@ reporter thread still runs, and the scheduler's heartbeat timeout ends it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import threading
@@ -83,8 +84,7 @@ class JobContext:
         if not self.is_main:
             return None
         checkpoint = checkpoints.save(self.checkpoint_dir, step, write, keep=keep)
-        if self.reporter:
-            self.reporter.touch()
+        self.log(f"checkpoint {step} written by rank {os.environ.get('RANK', '0')}")
         return checkpoint
 
     def latest_checkpoint(self) -> Checkpoint | None:
@@ -109,8 +109,11 @@ class Reporter:
     """Background thread that sends what the recipe reported, every `interval` seconds."""
 
     def __init__(self, client: Any, job_id: int, attempt: int, *, interval: float = 1.0,
-                 orphan_timeout: float = 30.0, on_stop: Callable[[str], None]):
+                 orphan_timeout: float = 30.0, on_stop: Callable[[str], None], artifact_client: Any = None):
         self.client = client
+        # an artifact must arrive: sent through a client that may wait out an engine restart (`client` never waits,
+        # so that the orphan timeout sees an unreachable engine at once)
+        self.artifact_client = artifact_client or client
         self.job_id = job_id
         self.attempt = attempt
         self.interval = interval
@@ -142,7 +145,7 @@ class Reporter:
             self._touched = True
 
     def add_artifact(self, path: Path, kind: str) -> None:
-        self.client.add_artifact(self.job_id, self.attempt, str(path), kind)
+        self.artifact_client.add_artifact(self.job_id, self.attempt, str(path), kind)
 
     def flush(self) -> None:
         from engine.client import ApiError, ServerNotFound

@@ -7,23 +7,20 @@ One thread, one loop, every `poll_interval` seconds:
   3. cancel requests become SIGTERM, then SIGKILL after the grace period;
   4. running jobs that showed no life within their heartbeat timeout are killed and failed;
   5. free slots (max_concurrent) are filled with the oldest runnable jobs, each claimed atomically.
-At start-up, jobs left running by a previous server are recovered: their orphaned processes are stopped and
-they are re-queued (resuming from their checkpoints) while attempts remain.
+At start-up, jobs left running by a previous server are recovered: the executor adopts those it can still watch
+(a Slurm job outlives the engine), the others' orphaned processes are stopped and they are re-queued (resuming
+from their checkpoints) while attempts remain.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
-from engine.jobs.executor import WORKER_MODULES, Executor, Launched, LocalExecutor, describe_exit
+from engine.jobs.executor import Ended, Executor, ExecutorUnusable, Launched, LocalExecutor
 from engine.settings import Settings
 from engine.store import Store
 
@@ -58,9 +55,10 @@ class Scheduler:
         self.api_url = api_url
         self.api_token = api_token
         self.config = config
-        self.executor = executor or LocalExecutor()
+        self.executor = executor or LocalExecutor(config.max_concurrent, config.cancel_grace)
         self.running: dict[int, Launched] = {}
         self._term_sent: dict[int, float] = {}
+        self._waiting: dict[int, str] = {}  # jobs queued on a cluster, and why they wait
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
@@ -75,10 +73,17 @@ class Scheduler:
         self._wake.set()
 
     def stop(self) -> None:
-        """On server shutdown: stop the job processes (they checkpoint) and re-queue their jobs."""
+        """On server shutdown: stop the job processes (they checkpoint) and re-queue their jobs — unless the
+        executor's jobs outlive the engine: those keep running and are adopted at the next start."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=30)
+        if self.executor.outlives_engine:
+            if self.running:
+                print(f"leaving {len(self.running)} {self.executor.name} job(s) running; the next start adopts them",
+                      flush=True)
+            self.running.clear()
+            return
         for launched in self.running.values():
             self.executor.signal(launched, signal.SIGTERM)
         self._wait_gone(list(self.running.values()))
@@ -86,41 +91,44 @@ class Scheduler:
             self.store.jobs.recover(job_id, "the engine server stopped while the job was running")
         self.running.clear()
 
-    def _wait_gone(self, launched: list[Launched]) -> None:
-        deadline = time.monotonic() + self.config.cancel_grace
+    def _wait_gone(self, launched: list[Launched], grace: float | None = None) -> None:
+        """Wait up to `grace` (default: the cancel grace) for each to end, SIGKILL the rest and wait for those."""
+        deadline = time.monotonic() + (self.config.cancel_grace if grace is None else grace)
         for item in launched:
             while self.executor.poll(item) is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             if self.executor.poll(item) is None:
                 self.executor.signal(item, signal.SIGKILL)
-                with contextlib.suppress(Exception):
-                    item.process.wait(timeout=10)
+                killed = time.monotonic() + 10
+                while self.executor.poll(item) is None and time.monotonic() < killed:
+                    time.sleep(0.05)
 
     def recover(self) -> None:
-        """Jobs still marked running belong to a server that died: stop their orphans, re-queue or fail them."""
+        """Jobs still marked running belong to a server that stopped or died: the executor adopts those it can
+        still watch; the others (their orphans stopped) are re-queued or failed."""
         for job in self.store.jobs.active():
-            if job["pid"]:
-                self._stop_orphan(job["pid"], job["id"])
+            launched = self.executor.adopt(job)
+            if isinstance(launched, Ended):
+                state = self.store.jobs.recover(job["id"], f"it ended while the engine server was away: {launched.how}")
+                print(f"recovered job {job['id']} (attempt {job['attempt']}): {launched.how}; now {state}", flush=True)
+                continue
+            if launched is not None:
+                self.running[job["id"]] = launched
+                if launched.slurm_job_id and launched.slurm_job_id != job["slurm_job_id"]:  # found by its name
+                    self.store.jobs.set_slurm_job(job["id"], job["attempt"], launched.slurm_job_id,
+                                                  f"found in Slurm as job {launched.slurm_job_id} by its name")
+                # it may have waited long for this engine: count it alive from now
+                self.store.jobs.touch(job["id"], job["attempt"])
+                self.store.jobs.note(job["id"], job["attempt"], "adopted",
+                                     f"the restarted engine took over {self._where(launched)}")
+                print(f"adopted job {job['id']} (attempt {job['attempt']}, {self._where(launched)})", flush=True)
+                continue
             state = self.store.jobs.recover(job["id"], "the engine server died while the job was running")
             print(f"recovered job {job['id']} (attempt {job['attempt']}): now {state}", flush=True)
 
-    def _stop_orphan(self, pid: int, job_id: int) -> None:
-        try:
-            process = psutil.Process(pid)
-            cmdline = " ".join(process.cmdline())
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            return
-        if not any(module in cmdline for module in WORKER_MODULES) or str(job_id) not in cmdline.split():
-            return  # the pid now belongs to something else
-        group = [process, *process.children(recursive=True)]
-        for p in group:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs(group, timeout=self.config.cancel_grace)
-        for p in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        psutil.wait_procs(alive, timeout=10)
+    @staticmethod
+    def _where(launched: Launched) -> str:
+        return f"Slurm job {launched.slurm_job_id}" if launched.slurm_job_id else f"process {launched.pid}"
 
     # the loop ---------------------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -145,17 +153,20 @@ class Scheduler:
             if job["state"] != "cancelling":
                 continue
             if job_id not in self._term_sent:  # first SIGTERM: the recipe checkpoints and stops
-                self.executor.signal(launched, signal.SIGTERM)
+                jobs.note(job_id, launched.attempt, "signalled", self.executor.signal(launched, signal.SIGTERM))
                 self._term_sent[job_id] = now
-            elif now - self._term_sent[job_id] > self.config.cancel_grace:
-                self.executor.signal(launched, signal.SIGKILL)
+            elif self._term_sent[job_id] + self.config.cancel_grace <= now:
+                jobs.note(job_id, launched.attempt, "signalled", self.executor.signal(launched, signal.SIGKILL))
+                self._term_sent[job_id] = float("inf")  # SIGKILL once
+        self._watch_waiting()
         for job in jobs.stale():
-            launched = self.running.get(job["id"])
+            if job["id"] in self._waiting:
+                continue  # queued on the cluster: no process yet to show life
+            launched = self.running.pop(job["id"], None)
             if launched is not None:
                 self.executor.signal(launched, signal.SIGKILL)
-                with contextlib.suppress(Exception):
-                    launched.process.wait(timeout=10)
-                self.running.pop(job["id"], None)
+                if not self.executor.outlives_engine:  # a cluster ends it on its own time; its reports are refused
+                    self._wait_gone([launched], grace=0)
             reason = (f"no heartbeat for {job['heartbeat_timeout']:.0f}s: the job process hung and was killed\n"
                       f"--- log tail ---\n{log_tail(log_path(self.settings, job['id']))}")
             jobs.end(job["id"], job["attempt"], "failed", reason)
@@ -168,32 +179,46 @@ class Scheduler:
 
     def _launch(self, job: dict) -> None:
         env = {"DERMAE_API_URL": self.api_url, "DERMAE_API_TOKEN": self.api_token,
-               "DERMAE_WORKSPACE": str(self.settings.workspace), "PYTHONUNBUFFERED": "1"}
-        if "OMP_NUM_THREADS" not in os.environ:
-            # Share the cores between concurrent jobs: oversubscribed OpenMP threads spin and run many times slower.
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.config.max_concurrent))
+               "DERMAE_WORKSPACE": str(self.settings.workspace), "PYTHONUNBUFFERED": "1",
+               # the process refuses to run as any other attempt: a late or stray copy (a resubmitted script)
+               "DERMAE_JOB_ATTEMPT": str(job["attempt"])}
         try:
-            launched = self.executor.launch(job["id"], job["attempt"], job["num_processes"],
-                                            log_path(self.settings, job["id"]), env)
-        except OSError as e:
-            self.store.jobs.end(job["id"], job["attempt"], "failed", f"could not start the job process: {e}")
+            launched = self.executor.launch(job, log_path(self.settings, job["id"]), env)
+        except (OSError, ExecutorUnusable) as e:
+            self.store.jobs.end(job["id"], job["attempt"], "failed", f"could not start the job: {e}")
             return
         self.running[job["id"]] = launched
-        self.store.jobs.set_pid(job["id"], launched.pid)
+        if launched.slurm_job_id:
+            self.store.jobs.set_slurm_job(job["id"], job["attempt"], launched.slurm_job_id,
+                                          f"submitted to Slurm as job {launched.slurm_job_id}")
+        else:
+            self.store.jobs.set_pid(job["id"], launched.pid)
+
+    def _watch_waiting(self) -> None:
+        """Jobs queued on a cluster show why they wait; one that starts counts as alive from then on."""
+        for job_id, launched in list(self.running.items()):
+            why = self.executor.waiting(launched)
+            if why != self._waiting.get(job_id):
+                self.store.jobs.touch(job_id, launched.attempt, why or "started")
+                if why is None:
+                    self._waiting.pop(job_id, None)
+                else:
+                    self._waiting[job_id] = why
 
     def _reap(self) -> None:
         for job_id, launched in list(self.running.items()):
-            code = self.executor.poll(launched)
-            if code is None:
+            ended = self.executor.poll(launched)
+            if ended is None:
                 continue
             del self.running[job_id]
             self._term_sent.pop(job_id, None)
+            self._waiting.pop(job_id, None)
             job = self.store.jobs.get(job_id)
             if job["state"] not in ("running", "cancelling") or job["attempt"] != launched.attempt:
                 continue  # it reported its own end
             if job["state"] == "cancelling":
-                self.store.jobs.end(job_id, launched.attempt, "cancelled", f"cancelled ({describe_exit(code)})")
+                self.store.jobs.end(job_id, launched.attempt, "cancelled", f"cancelled ({ended.how})")
                 continue
-            reason = (f"the job process {describe_exit(code)} without reporting an end\n"
+            reason = (f"{ended.how} without reporting an end\n"
                       f"--- log tail ---\n{log_tail(log_path(self.settings, job_id))}")
             self.store.jobs.end(job_id, launched.attempt, "failed", reason)
