@@ -36,7 +36,12 @@ def generator_chain(profile: Profile, preview: bool = False) -> PipelineSubmit:
         steps.append(PipelineStep(key="preview.score", kind="score", after_keys=classifiers))
     steps.append(PipelineStep(key="generate", kind="generate", params=profile.params("generate"),
                               after_keys=classifiers))
-    return PipelineSubmit(name=f"generator-{profile.name}", steps=steps)
+    return PipelineSubmit(name=f"generator-{profile.name}", steps=with_resources(profile, steps))
+
+
+def with_resources(profile: Profile, steps: list[PipelineStep]) -> list[PipelineStep]:
+    """Each step with what the profile's [resources.KIND] asks for its kind (processes, GPUs, memory, time)."""
+    return [PipelineStep.model_validate(step.model_dump() | profile.launch(step.kind)) for step in steps]
 
 
 def synthetic_counts(version: DatasetVersion) -> dict[str, int]:
@@ -155,7 +160,7 @@ def train_chain(profile: Profile, version: DatasetVersion, seeds: int = 1,
                 steps.append(PipelineStep(key=f"{served}.export", kind="export", after_keys=[served, *evaluated],
                                           params={"model": None, "name": f"{name}-{profile.name}"}))
     name = f"train-{profile.name}" + (f"-real{real_fraction:g}" if scarce else "")
-    return PipelineSubmit(name=name, steps=steps)
+    return PipelineSubmit(name=name, steps=with_resources(profile, steps))
 
 
 def evaluations(key: str, arm: str, external: str | None) -> list[PipelineStep]:

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
+
+from engine.schemas import JobResources, JobSubmit
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PROFILES = ("smoke", "cpu64", "tiny", "paper")
@@ -33,9 +37,18 @@ class Profile:
     jobs: dict[str, dict[str, Any]]  # job kind -> parameters, validated against the kind's Params
     students: list[dict[str, Any]]  # [train.students]: distill parameters per student (arch, image_size …)
     arms: tuple[str, ...] = ARMS  # [train] arms: which of ARMS a run trains (where the version allows)
+    # [resources.KIND] (and [resources.default] under them): what a job asks of its machine — JobResources' fields
+    # and num_processes; the Slurm executor turns them into sbatch options
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def params(self, kind: str, **overrides: Any) -> dict[str, Any]:
         return {**self.jobs.get(kind, {}), **overrides}
+
+    def launch(self, kind: str) -> dict[str, Any]:
+        """A pipeline step's num_processes and resources for a job of `kind`."""
+        asked = {**self.resources.get("default", {}), **self.resources.get(kind, {})}
+        processes = asked.pop("num_processes", 1)
+        return {"num_processes": processes, "resources": JobResources(**asked)}
 
 
 ParamsCheck = Callable[[str, dict[str, Any]], None]  # (job kind, parameters) -> None, or ValueError saying why
@@ -68,7 +81,15 @@ def load_profile(name: str, config_dir: Path = CONFIG_DIR, check_params: ParamsC
                 check_params("distill", {**jobs.get("distill", {}), **student})
             except ValueError as e:
                 raise ValueError(f"{path}: [[train.students]] {student.get('arch')}: {e}") from None
-    unknown = sorted(set(raw) - {"data", "jobs", "train"})
+    resources = raw.get("resources", {})
+    for kind, asked in resources.items():
+        try:
+            # num_processes beside them: a whole number, a multiple of nodes (JobSubmit's own check)
+            JobSubmit(kind=kind, num_processes=asked.get("num_processes", 1),
+                      resources=JobResources(**{k: v for k, v in asked.items() if k != "num_processes"}))
+        except (ValidationError, TypeError) as e:
+            raise ValueError(f"{path}: [resources.{kind}]: {e}") from None
+    unknown = sorted(set(raw) - {"data", "jobs", "train", "resources"})
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {unknown}")
     unknown_train = sorted(set(raw.get("train", {})) - {"students", "arms"})
@@ -78,4 +99,5 @@ def load_profile(name: str, config_dir: Path = CONFIG_DIR, check_params: ParamsC
     if set(arms) - set(ARMS) or "baseline" not in arms:
         raise ValueError(f"{path}: [train] arms must name some of {', '.join(ARMS)}, baseline among them; got "
                          f"{list(arms)}")
-    return Profile(name=name, data=DataProfile(**section), jobs=jobs, students=students, arms=arms)
+    return Profile(name=name, data=DataProfile(**section), jobs=jobs, students=students, arms=arms,
+                   resources=resources)

@@ -42,3 +42,20 @@ def test_mixed_precision_means_one_thing_everywhere_and_the_old_spelling_says_so
         checked_profile(old, tmp_path)
     new = profile_with(tmp_path, "ok", '[jobs.finetune_sd]\npipeline = "x"\nmixed_precision = true\n')
     assert checked_profile(new, tmp_path).params("finetune_sd")["mixed_precision"] is True
+
+
+def test_resources_come_per_kind_over_the_default_and_a_wrong_one_is_named(tmp_path):
+    paper = checked_profile("paper")
+    assert paper.launch("pretrain_mae")["resources"].gpus_per_node == 1  # the default, under the kind's own
+    assert paper.launch("pretrain_mae")["resources"].time_limit_min == 2880
+    assert paper.launch("score")["resources"].time_limit_min == 240  # no section of its own: the default
+    two_nodes = profile_with(tmp_path, "m", "[resources.pretrain_mae]\nnodes = 2\ngpus_per_node = 4\n"
+                                            "num_processes = 8\n")
+    assert checked_profile(two_nodes, tmp_path).launch("pretrain_mae")["num_processes"] == 8
+    with pytest.raises(ValueError, match=r"(?s)\[resources.pretrain_mae\].*multiple of resources.nodes"):
+        load_profile(profile_with(tmp_path, "n", "[resources.pretrain_mae]\nnodes = 2\nnum_processes = 3\n"),
+                     tmp_path)
+    with pytest.raises(ValueError, match=r"\[resources.train_gpt\]: unknown job kind"):
+        checked_profile(profile_with(tmp_path, "k", "[resources.train_gpt]\ngpus_per_node = 1\n"), tmp_path)
+    with pytest.raises(ValueError, match=r"(?s)\[resources.default\].*gpus"):
+        load_profile(profile_with(tmp_path, "g", "[resources.default]\ngpus = 1\n"), tmp_path)

@@ -64,5 +64,11 @@ def check_params(kind: str, params: dict[str, Any]) -> None:
 
 
 def checked_profile(name: str, config_dir: Path = CONFIG_DIR) -> Profile:
-    """A profile with every job section validated against its kind's parameters: what the CLI loads."""
-    return load_profile(name, config_dir, check_params)
+    """A profile with every job section validated against its kind's parameters, and every [resources.KIND] naming
+    a kind: what the CLI loads."""
+    profile = load_profile(name, config_dir, check_params)
+    unknown = sorted(set(profile.resources) - set(KINDS) - {"default"})
+    if unknown:
+        raise ValueError(f"{config_dir / name}.toml: [resources.{unknown[0]}]: unknown job kind; known kinds: "
+                         f"{', '.join(sorted(KINDS))} (or default)")
+    return profile
