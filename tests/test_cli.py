@@ -56,6 +56,23 @@ def test_errors_are_one_clear_message_and_exit_code_1(server, tmp_path):
     assert bad.returncode == 2 and "unknown format 'dicom'" in bad.stderr
 
 
+def test_submit_records_the_resources_a_job_asks_for_and_refuses_unknown_ones(server):
+    """`-r` are the sbatch options under --executor slurm; the local executor runs this one-node job as usual."""
+    submitted = dermae(server, "submit", "selftest", "-p", "steps=2", "-r", "cpus_per_task=2", "-r", "mem_gb=1.5",
+                       "-r", "time_limit_min=10")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = int(submitted.stdout.strip())
+    assert server.client().job(job_id).resources.model_dump(exclude_none=True) == {
+        "nodes": 1, "gpus_per_node": 0, "cpus_per_task": 2, "mem_gb": 1.5, "time_limit_min": 10}
+    shown = dermae(server, "jobs", "show", str(job_id))
+    assert "asks     1 process on 1 node, 2 CPUs, 1.5 GB, 10 min" in shown.stdout
+    unknown = dermae(server, "submit", "selftest", "-r", "gpus=4")
+    assert unknown.returncode == 2 and "resources.gpus: Extra inputs are not permitted" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    malformed = dermae(server, "submit", "selftest", "-r", "nodes")
+    assert malformed.returncode == 2 and "--resource takes KEY=VALUE" in malformed.stderr
+
+
 def test_without_a_server_the_cli_says_how_to_start_one(tmp_path):
     env = {**os.environ, "DERMAE_WORKSPACE": str(tmp_path)}
     env.pop("DERMAE_API_URL", None)

@@ -35,11 +35,16 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def call(fn, *args, **kwargs):
-    """Run a client call; turn API errors into a red message and exit code 1 instead of a traceback."""
+    """Run a client call; turn API errors into a red message and exit code 1 (2 for a request the client's own
+    schema refuses before sending it) instead of a traceback."""
+    from pydantic import ValidationError
+
     from engine.client import ApiError, ServerNotFound
 
     try:
         return fn(*args, **kwargs)
     except (ApiError, ServerNotFound) as e:
         fail(str(e))
+    except ValidationError as e:
+        fail("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()), code=2)
 

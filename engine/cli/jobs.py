@@ -12,10 +12,10 @@ from engine.cli.common import Workspace, call, client_for, fail
 
 jobs_app = typer.Typer(help="Background jobs: list, inspect, follow, cancel, retry.", no_args_is_help=True)
 
-def _parse_param(text: str) -> tuple[str, object]:
+def _parse_param(text: str, option: str = "--param") -> tuple[str, object]:
     """`k=v` with v read as JSON when it parses (numbers, booleans, null, lists), else as a string."""
     if "=" not in text:
-        fail(f"--param takes KEY=VALUE, got {text!r}", code=2)
+        fail(f"{option} takes KEY=VALUE, got {text!r}", code=2)
     key, raw = text.split("=", 1)
     try:
         return key.strip(), json.loads(raw)
@@ -28,13 +28,19 @@ def submit(
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE, repeatable.")] = None,
     after: Annotated[list[int] | None, typer.Option(help="Job id that must succeed first; repeatable.")] = None,
     processes: Annotated[int, typer.Option(help="Processes (>1 runs under accelerate launch).")] = 1,
+    resource: Annotated[list[str] | None, typer.Option(
+        "--resource", "-r", help="What the job asks of its machine, KEY=VALUE, repeatable: nodes, gpus_per_node, "
+                                 "cpus_per_task, mem_gb, time_limit_min, partition (sbatch options under "
+                                 "--executor slurm).")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow it with a progress bar.")] = False,
     workspace: Workspace = None,
 ) -> None:
     """Queue a job and print its id."""
     params = dict(_parse_param(p) for p in param or [])
+    resources = dict(_parse_param(r, "--resource") for r in resource or [])
     client = client_for(workspace)
-    job = call(client.submit_job, kind, params, after=after or [], num_processes=processes)
+    job = call(client.submit_job, kind, params, after=after or [], num_processes=processes,
+               **({"resources": resources} if resources else {}))
     typer.echo(job.id)
     if follow:
         raise typer.Exit(follow(client, job.id))
@@ -70,8 +76,10 @@ def pipeline(
 def _job_row(job) -> str:
     fraction = job.progress.fraction
     progress = f"{100 * fraction:5.1f}%" if fraction is not None else "     -"
+    slurm = f"  slurm {job.slurm_job_id}" if job.slurm_job_id else ""
     return (f"{job.id:>6}  {job.kind:<14} {job.state.value:<11} {progress}  attempt {job.attempt}/"
-            f"{job.max_attempts}  {job.pipeline_id or ''}")
+            f"{job.max_attempts}  {job.pipeline_id or ''}{slurm}")
+
 
 
 @jobs_app.command("ls")
@@ -105,6 +113,9 @@ def jobs_show(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = Fa
         return
     typer.echo(_job_row(job))
     typer.echo(f"  params   {json.dumps(job.params)}")
+    typer.echo(f"  asks     {job.resources.describe(job.num_processes)}")
+    if job.slurm_job_id:
+        typer.echo(f"  slurm    job {job.slurm_job_id} (attempt {job.attempt})")
     if job.after:
         typer.echo(f"  after    {', '.join(map(str, job.after))}")
     if job.progress.message:

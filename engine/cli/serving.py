@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -12,6 +13,11 @@ import typer
 from engine.cli.common import DEFAULT_STUDIO_PORT, StudioFlag, StudioPort, Workspace, call, fail, settings_for
 from engine.cli.data import print_import
 from engine.settings import DEFAULT_HOST, DEFAULT_PORT, Settings, exposure_problem
+
+
+class ExecutorName(StrEnum):
+    local = "local"
+    slurm = "slurm"
 
 
 def serve(
@@ -24,6 +30,17 @@ def serve(
     cancel_grace: Annotated[float, typer.Option(envvar="DERMAE_CANCEL_GRACE", min=0,
                                                 help="Seconds a cancelled job has to checkpoint before "
                                                      "SIGKILL.")] = 10.0,
+    executor: Annotated[ExecutorName, typer.Option(envvar="DERMAE_EXECUTOR",
+                                                   help="Where jobs run: local (child processes of the server) "
+                                                        "or slurm (each attempt an sbatch job; README, "
+                                                        "\"Scale-out\").")] = ExecutorName.local,
+    partition: Annotated[str | None, typer.Option(envvar="DERMAE_SLURM_PARTITION",
+                                                  help="slurm: the partition jobs go to (default: the "
+                                                       "cluster's default partition).")] = None,
+    job_url: Annotated[str | None, typer.Option(envvar="DERMAE_JOB_URL",
+                                                help="The engine's URL as job processes reach it (default: from "
+                                                     "--host; this machine's name when it binds 0.0.0.0 for "
+                                                     "slurm).")] = None,
 ) -> None:
     """Run the engine server: the only process that opens the workspace database, and the job scheduler."""
     from engine.api.server import serve as run_server
@@ -32,7 +49,8 @@ def serve(
 
     try:
         run_server(settings_for(workspace), host, port,
-                   scheduler_config=SchedulerConfig(max_concurrent=max_jobs, cancel_grace=cancel_grace))
+                   scheduler_config=SchedulerConfig(max_concurrent=max_jobs, cancel_grace=cancel_grace),
+                   executor=executor.value, partition=partition, job_url=job_url)
     except StoreLocked as e:
         fail(str(e))
 

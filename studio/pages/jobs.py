@@ -131,7 +131,8 @@ def job_line(job: JobInfo, icon: bool = True) -> str:
     message = f" · {job.progress.message}" if job.progress.message else ""
     label = job.pipeline_key or job.kind
     prefix = f"{STATE_ICONS.get(job.state.value, '')} " if icon else ""
-    return f"{prefix}job {job.id} · {label} ({job.kind}) · {job.state.value}{message}"
+    slurm = f" · Slurm {job.slurm_job_id}" if job.slurm_job_id else ""
+    return f"{prefix}job {job.id} · {label} ({job.kind}) · {job.state.value}{slurm}{message}"
 
 
 def show_job(job: JobInfo) -> None:
@@ -194,6 +195,8 @@ cols[0].metric("State", job.state.value)
 cols[1].metric("Attempt", f"{job.attempt} of {job.max_attempts}")
 cols[2].metric("Progress", f"{job.progress.fraction:.0%}" if job.progress.fraction is not None else "–")
 cols[3].metric("Pipeline", job.pipeline_id or "–")
+st.caption(f"Asks for {job.resources.describe(job.num_processes)}"
+           + (f" · runs as Slurm job {job.slurm_job_id}" if job.slurm_job_id else ""))
 if job.error:
     st.error(job.error)
 buttons = st.columns(6)
