@@ -128,13 +128,11 @@ class Client:
             try:
                 response = self._http.request(method, path, **kwargs, **extra)
                 break
-            except httpx.ConnectError as e:
-                if time.monotonic() + pause > deadline:
+            except httpx.TransportError as e:
+                if not isinstance(e, httpx.ConnectError) or time.monotonic() + pause > deadline:
                     raise ServerNotFound(f"cannot reach the engine at {self.base_url}: {e}") from None
                 time.sleep(pause)
                 pause = min(2 * pause, 5.0)
-            except httpx.TransportError as e:
-                raise ServerNotFound(f"cannot reach the engine at {self.base_url}: {e}") from None
         if response.is_error:
             try:
                 body = response.json()

@@ -81,14 +81,6 @@ def load_profile(name: str, config_dir: Path = CONFIG_DIR, check_params: ParamsC
                 check_params("distill", {**jobs.get("distill", {}), **student})
             except ValueError as e:
                 raise ValueError(f"{path}: [[train.students]] {student.get('arch')}: {e}") from None
-    resources = raw.get("resources", {})
-    for kind, asked in resources.items():
-        try:
-            # num_processes beside them: a whole number, a multiple of nodes (JobSubmit's own check)
-            JobSubmit(kind=kind, num_processes=asked.get("num_processes", 1),
-                      resources=JobResources(**{k: v for k, v in asked.items() if k != "num_processes"}))
-        except (ValidationError, TypeError) as e:
-            raise ValueError(f"{path}: [resources.{kind}]: {e}") from None
     unknown = sorted(set(raw) - {"data", "jobs", "train", "resources"})
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {unknown}")
@@ -99,5 +91,13 @@ def load_profile(name: str, config_dir: Path = CONFIG_DIR, check_params: ParamsC
     if set(arms) - set(ARMS) or "baseline" not in arms:
         raise ValueError(f"{path}: [train] arms must name some of {', '.join(ARMS)}, baseline among them; got "
                          f"{list(arms)}")
-    return Profile(name=name, data=DataProfile(**section), jobs=jobs, students=students, arms=arms,
-                   resources=resources)
+    profile = Profile(name=name, data=DataProfile(**section), jobs=jobs, students=students, arms=arms,
+                      resources=raw.get("resources", {}))
+    for kind in profile.resources:
+        try:
+            # what a step of that kind will ask, the default under it, checked as a job is on submit (processes a
+            # multiple of nodes)
+            JobSubmit(kind=kind, **profile.launch(kind))
+        except (ValidationError, TypeError) as e:
+            raise ValueError(f"{path}: [resources.{kind}]: {e}") from None
+    return profile

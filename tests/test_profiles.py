@@ -55,6 +55,10 @@ def test_resources_come_per_kind_over_the_default_and_a_wrong_one_is_named(tmp_p
     with pytest.raises(ValueError, match=r"(?s)\[resources.pretrain_mae\].*multiple of resources.nodes"):
         load_profile(profile_with(tmp_path, "n", "[resources.pretrain_mae]\nnodes = 2\nnum_processes = 3\n"),
                      tmp_path)
+    with pytest.raises(ValueError, match=r"(?s)\[resources.finetune\].*multiple of resources.nodes"):
+        load_profile(profile_with(tmp_path, "d", "[resources.default]\nnodes = 2\nnum_processes = 2\n"
+                                                 "[resources.finetune]\nnum_processes = 3\n"),
+                     tmp_path)  # each section fits alone; merged, finetune's 3 processes do not fill 2 nodes
     with pytest.raises(ValueError, match=r"\[resources.train_gpt\]: unknown job kind"):
         checked_profile(profile_with(tmp_path, "k", "[resources.train_gpt]\ngpus_per_node = 1\n"), tmp_path)
     with pytest.raises(ValueError, match=r"(?s)\[resources.default\].*gpus"):

@@ -81,7 +81,6 @@ def _job_row(job) -> str:
             f"{job.max_attempts}  {job.pipeline_id or ''}{slurm}")
 
 
-
 @jobs_app.command("ls")
 def jobs_ls(
     state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
